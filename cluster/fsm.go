@@ -1,0 +1,318 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/flotilla-mail/flotilla/cluster/command"
+	"github.com/flotilla-mail/flotilla/storage"
+)
+
+// requestTTL is how long a write's response is remembered for deduplication.
+// A forwarded write is retried within seconds; ten minutes is ample.
+const requestTTL = 10 * time.Minute
+
+// fsm applies committed log entries to the store, a batch per transaction.
+type fsm struct {
+	store   *storage.Store
+	log     *slog.Logger
+	metrics *metrics
+	fetch   storage.FetchFunc // bodies from peers, for snapshot installs
+	fatal   func(error)       // the node cannot go on applying
+
+	applied atomic.Uint64
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced after every batch
+	digests map[uint64][]byte
+}
+
+func newFSM(store *storage.Store, log *slog.Logger, m *metrics, fatal func(error)) (*fsm, error) {
+	f := &fsm{store: store, log: log, metrics: m, fatal: fatal,
+		changed: make(chan struct{}), digests: map[uint64][]byte{}}
+	idx, err := store.Applied()
+	if err != nil {
+		return nil, err
+	}
+	f.applied.Store(idx)
+	return f, nil
+}
+
+// Apply is here for raft.FSM; batches are the normal path.
+func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch applies a batch of entries in one store transaction, recording
+// the last index in the same transaction. Entries at or below the recorded
+// index were applied before a restart and are skipped.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
+	start := time.Now()
+	resps := make([]interface{}, len(logs))
+	var fail error
+	err := f.store.Update(func(tx *storage.Tx) error {
+		done := tx.Applied()
+		var last time.Time
+		for i, l := range logs {
+			if l.Index <= done {
+				continue
+			}
+			if l.Type != raft.LogCommand {
+				continue
+			}
+			env, err := command.Open(l.Data)
+			if err != nil {
+				fail = fmt.Errorf("log entry %d cannot be read: %w", l.Index, err)
+				return fail
+			}
+			tx.SetClock(l.Index, env.Time)
+			last = env.Time
+			resp, err := f.applyEnvelope(tx, l.Index, env)
+			if err != nil {
+				fail = fmt.Errorf("log entry %d (%s): %w", l.Index, env.Type, err)
+				return fail
+			}
+			resps[i] = resp
+		}
+		if !last.IsZero() {
+			if err := tx.PruneRequests(last.Add(-requestTTL).UnixNano()); err != nil {
+				return err
+			}
+		}
+		if idx := logs[len(logs)-1].Index; idx > done {
+			return tx.SetApplied(idx)
+		}
+		return nil
+	})
+	if err != nil {
+		// The transaction was rolled back: nothing of this batch is stored.
+		// Raft would count the batch as applied, so this node must not go
+		// on; it stops with the reason rather than diverge.
+		if fail == nil {
+			fail = fmt.Errorf("store write failed: %w", err)
+		}
+		f.fatal(fail)
+		select {} // never return: the node is shutting down
+	}
+	f.applied.Store(logs[len(logs)-1].Index)
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	if f.metrics != nil {
+		f.metrics.applyBatch.Observe(float64(len(logs)))
+		f.metrics.applyLatency.Observe(time.Since(start).Seconds())
+	}
+	return resps
+}
+
+// applyEnvelope applies one command. Domain failures become the response;
+// only an entry that cannot be decoded is an error.
+func (f *fsm) applyEnvelope(tx *storage.Tx, index uint64, env command.Envelope) (command.Response, error) {
+	if prev, ok := tx.Request(env.Request); ok {
+		r, err := command.UnmarshalResponse(prev)
+		return r, err
+	}
+	cmd, err := env.Decode()
+	if errors.Is(err, command.ErrUnknownType) && env.Skippable {
+		f.log.Warn("skipping a command type this build does not know", "index", index, "type", env.Type)
+		return command.Response{Code: command.CodeSkipped, Message: "skipped by " + BuildVersion}, nil
+	}
+	if errors.Is(err, command.ErrUnknownType) {
+		return command.Response{}, fmt.Errorf("%w; this build (%s, command version %d) is older than the node that wrote it: upgrade this node", err, BuildVersion, command.Version())
+	}
+	if err != nil {
+		return command.Response{}, err
+	}
+	resp := f.applyCommand(tx, index, cmd)
+	if err := tx.PutRequest(env.Request, resp.Marshal()); err != nil {
+		return command.Response{}, err
+	}
+	return resp, nil
+}
+
+func (f *fsm) applyCommand(tx *storage.Tx, index uint64, cmd command.Command) command.Response {
+	var err error
+	var ids []uint64
+	switch c := cmd.(type) {
+	case *command.Init:
+		err = tx.SetClusterID(c.ClusterID)
+	case *command.AddDomain:
+		_, err = tx.AddDomain(c.Name)
+	case *command.RemoveDomain:
+		err = tx.RemoveDomain(c.Name)
+	case *command.AddUser:
+		var u storage.User
+		u, err = tx.AddUser(storage.User{Address: c.Address, Name: c.Name, Secrets: c.Secrets, QuotaBytes: c.QuotaBytes})
+		ids = []uint64{u.ID}
+	case *command.SetSecrets:
+		err = tx.SetSecrets(c.Address, c.Secrets)
+	case *command.RemoveUser:
+		err = tx.RemoveUser(c.Address)
+	case *command.SetQuota:
+		err = tx.SetQuota(c.Address, c.QuotaBytes)
+	case *command.AddAlias:
+		_, err = tx.AddAlias(c.Address, c.Targets)
+	case *command.RemoveAlias:
+		err = tx.RemoveAlias(c.Address)
+	case *command.SetSetting:
+		err = tx.SetSetting(c.Key, c.Value)
+	case *command.Deliver:
+		ids, err = applyDeliver(tx, c)
+	case *command.Digest:
+		sum := tx.Digest()
+		f.mu.Lock()
+		f.digests[index] = sum[:]
+		if len(f.digests) > 64 {
+			oldest := index
+			for i := range f.digests {
+				oldest = min(oldest, i)
+			}
+			delete(f.digests, oldest)
+		}
+		f.mu.Unlock()
+		return command.Response{Digest: sum[:]}
+	default:
+		err = applyExtra(tx, cmd)
+	}
+	if err != nil {
+		return command.Fail(err)
+	}
+	return command.Response{IDs: ids}
+}
+
+// applyDeliver stores the body once and a message in each target mailbox.
+// A target refused (user gone, over quota) gets UID 0; the rest go ahead.
+func applyDeliver(tx *storage.Tx, c *command.Deliver) ([]uint64, error) {
+	if err := tx.PutBlob(c.Blob, c.Body); err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, 0, len(c.Targets)+1)
+	for _, t := range c.Targets {
+		name := t.Mailbox
+		if name == "" {
+			name = "INBOX"
+		}
+		mb, err := tx.Mailbox(t.UserID, name)
+		if errors.Is(err, storage.ErrNotFound) && name != "INBOX" {
+			mb, err = tx.Mailbox(t.UserID, "INBOX")
+		}
+		if err != nil {
+			ids = append(ids, 0)
+			continue
+		}
+		m, err := tx.AppendMessage(mb.ID, storage.Message{
+			Blob: c.Blob, Prefix: t.Prefix, Size: int64(len(t.Prefix)) + c.BodySize,
+			InternalDate: c.InternalDate, Flags: t.Flags,
+		}, t.EnforceQuota)
+		if errors.Is(err, storage.ErrQuota) {
+			ids = append(ids, 0)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, uint64(m.UID))
+	}
+	if len(c.Queue) > 0 {
+		q, err := tx.Enqueue(storage.QueueEntry{
+			From: c.From, Recipients: c.Queue, Blob: c.Blob, Prefix: c.QueuePrefix,
+			Size: int64(len(c.QueuePrefix)) + c.BodySize, EnvID: c.EnvID, Ret: c.Ret,
+		})
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, q.ID)
+	}
+	return ids, nil
+}
+
+// Applied is the last index this node has applied.
+func (f *fsm) Applied() uint64 { return f.applied.Load() }
+
+// wait blocks until index is applied or ctx ends. poll reports raft's own
+// applied index, which also counts entries the FSM never sees (no-ops).
+func (f *fsm) wait(ctx context.Context, index uint64, poll func() uint64) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		f.mu.Lock()
+		ch := f.changed
+		f.mu.Unlock()
+		if f.applied.Load() >= index || poll() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for index %d to be applied (at %d): %w", index, f.applied.Load(), ctx.Err())
+		}
+	}
+}
+
+// digest returns the digest this node recorded at a Digest entry.
+func (f *fsm) digest(index uint64) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.digests[index]
+	return d, ok
+}
+
+// Snapshot captures a read view; the work happens in Persist, concurrently
+// with further applies.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	sn, err := f.store.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{sn: sn, metrics: f.metrics}, nil
+}
+
+// Restore installs a snapshot sent by the leader, fetching the bodies this
+// node lacks from its peers before swapping the state in.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	start := time.Now()
+	index, err := f.store.Restore(context.Background(), rc, f.fetch)
+	if err != nil {
+		f.log.Error("snapshot install failed; state left as it was", "err", err)
+		return err
+	}
+	f.applied.Store(index)
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	f.log.Info("installed snapshot", "index", index, "took", time.Since(start))
+	return nil
+}
+
+type fsmSnapshot struct {
+	sn      *storage.Snapshot
+	metrics *metrics
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	start := time.Now()
+	n, err := s.sn.WriteTo(sink)
+	if err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	if s.metrics != nil {
+		s.metrics.snapshotSeconds.Set(time.Since(start).Seconds())
+		s.metrics.snapshotBytes.Set(float64(n))
+	}
+	return nil
+}
+
+func (s *fsmSnapshot) Release() { s.sn.Release() }

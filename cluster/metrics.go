@@ -1,0 +1,56 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are one node's; each node has its own registry (no globals), so
+// several nodes can live in one test process.
+type metrics struct {
+	reg             *prometheus.Registry
+	commitLatency   prometheus.Histogram
+	applyLatency    prometheus.Histogram
+	applyBatch      prometheus.Histogram
+	snapshotSeconds prometheus.Gauge
+	snapshotBytes   prometheus.Gauge
+	forwarded       prometheus.Counter
+}
+
+func newMetrics(n *Node) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		reg: reg,
+		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flotilla_raft_commit_seconds", Help: "Time from proposing a write to its commit, seen by the proposer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flotilla_fsm_apply_seconds", Help: "Time to apply one batch of log entries (one store transaction).",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
+		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flotilla_fsm_batch_entries", Help: "Log entries applied per store transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		snapshotSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flotilla_snapshot_seconds", Help: "Duration of the last snapshot."}),
+		snapshotBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flotilla_snapshot_bytes", Help: "Size of the last snapshot."}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_forwarded_writes_total", Help: "Writes forwarded from this node to the leader."}),
+	}
+	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_state",
+			Help: "Raft state of this node: 0 follower, 1 candidate, 2 leader, 3 shutdown."},
+			func() float64 { return float64(n.raftState()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_applied_index", Help: "Last log index applied here."},
+			func() float64 { return float64(n.fsm.Applied()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_commit_index", Help: "Last log index known committed."},
+			func() float64 { return float64(n.commitIndex()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_store_file_bytes", Help: "Size of the state file (metadata and bodies)."},
+			func() float64 { return float64(fileSize(n.store.Path())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_store_body_bytes", Help: "Compressed message bodies stored on this node."},
+			func() float64 { return float64(n.bodyBytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_log_file_bytes", Help: "Size of the Raft log file."},
+			func() float64 { return float64(fileSize(n.raftLogPath())) }),
+	)
+	return m
+}

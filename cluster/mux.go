@@ -1,0 +1,171 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The cluster port carries two protocols over mutual TLS: after the
+// handshake, the client's first byte says which.
+const (
+	protoRaft byte = 'R' // hashicorp/raft's transport
+	protoRPC  byte = 'H' // HTTP: forwarding, blob fetch, status, digests
+)
+
+// mux accepts cluster connections and routes them by their first byte.
+type mux struct {
+	ln     net.Listener
+	tls    *clusterTLS
+	local  net.IP // outgoing connections leave from the node's own address
+	log    *slog.Logger
+	raft   *chanListener
+	rpc    *chanListener
+	wg     sync.WaitGroup
+	closed chan struct{}
+}
+
+func newMux(ln net.Listener, t *clusterTLS, local net.IP, advertise net.Addr, log *slog.Logger) *mux {
+	m := &mux{ln: ln, tls: t, local: local, log: log, closed: make(chan struct{})}
+	m.raft = newChanListener(advertise, m.closed)
+	m.rpc = newChanListener(advertise, m.closed)
+	return m
+}
+
+func (m *mux) serve() {
+	for {
+		conn, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.closed:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			m.log.Error("cluster listener failed", "err", err)
+			return
+		}
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.route(conn)
+		}()
+	}
+}
+
+func (m *mux) route(conn net.Conn) {
+	tc := tls.Server(conn, m.tls.server)
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		m.log.Warn("refused cluster connection: TLS handshake failed (is the peer's certificate from this cluster's CA?)",
+			"peer", conn.RemoteAddr().String(), "err", err)
+		conn.Close()
+		return
+	}
+	var b [1]byte
+	if _, err := tc.Read(b[:]); err != nil {
+		conn.Close()
+		return
+	}
+	_ = tc.SetDeadline(time.Time{})
+	var l *chanListener
+	switch b[0] {
+	case protoRaft:
+		l = m.raft
+	case protoRPC:
+		l = m.rpc
+	default:
+		m.log.Warn("refused cluster connection: unknown protocol byte", "peer", conn.RemoteAddr().String(), "byte", b[0])
+		conn.Close()
+		return
+	}
+	select {
+	case l.ch <- tc:
+	case <-m.closed:
+		conn.Close()
+	case <-l.done:
+		conn.Close()
+	}
+}
+
+// dial opens a cluster connection for protocol proto.
+func (m *mux) dial(ctx context.Context, addr string, proto byte) (net.Conn, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: m.tls.client}
+	if m.local != nil && !m.local.IsUnspecified() {
+		d.NetDialer.LocalAddr = &net.TCPAddr{IP: m.local}
+	}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cluster connection to %s: %w", addr, err)
+	}
+	if _, err := conn.Write([]byte{proto}); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("cluster connection to %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+func (m *mux) close() {
+	select {
+	case <-m.closed:
+		return
+	default:
+	}
+	close(m.closed)
+	m.ln.Close()
+	m.wg.Wait()
+}
+
+// chanListener is a net.Listener fed by the mux. Closing it stops its
+// Accept; the socket itself belongs to the mux.
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	closed chan struct{} // the mux's
+	done   chan struct{} // this listener's
+	once   sync.Once
+}
+
+func newChanListener(addr net.Addr, closed chan struct{}) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), closed: closed, done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// streamLayer is raft's view of the mux.
+type streamLayer struct {
+	*chanListener
+	m *mux
+}
+
+func (s streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.m.dial(ctx, string(addr), protoRaft)
+}

@@ -1,0 +1,602 @@
+// Package cluster makes one Flotilla node a member of a Raft cluster: the
+// replicated state machine over storage, writes forwarded to the leader,
+// membership by gossip, autopilot-style voter management, and the cluster
+// port that carries Raft and node-to-node RPC over mutual TLS.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/flotilla-mail/flotilla/cluster/command"
+	"github.com/flotilla-mail/flotilla/storage"
+)
+
+// Config is what a node needs to know.
+type Config struct {
+	NodeID  string
+	DataDir string
+	// BindAddr is the IP every listener binds to; AdvertiseAddr what peers
+	// use to reach this node (default: BindAddr).
+	BindAddr, AdvertiseAddr string
+	ClusterPort, GossipPort int
+	// HTTPAddr is advertised to peers so that status can point at each
+	// node's admin API.
+	HTTPAddr        string
+	Join            []string
+	BootstrapExpect int
+	Site            string
+	TLS             TLSFiles
+	GossipKey       []byte
+	// DeadServerGrace: a voter gone this long is removed by the leader.
+	DeadServerGrace time.Duration
+	// WriteTimeout bounds a write whose context has no deadline.
+	WriteTimeout time.Duration
+	// Raft timing; zero values take the defaults below.
+	HeartbeatTimeout  time.Duration
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// NoSync skips fsync (tests and benchmarks that say so only).
+	NoSync bool
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("no data dir")
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = "127.0.0.1"
+	}
+	if c.AdvertiseAddr == "" {
+		c.AdvertiseAddr = c.BindAddr
+	}
+	if ip := net.ParseIP(c.AdvertiseAddr); ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("advertise address %q: give the IP peers reach this node at", c.AdvertiseAddr)
+	}
+	if c.ClusterPort == 0 {
+		c.ClusterPort = 7000
+	}
+	if c.GossipPort == 0 {
+		c.GossipPort = 7946
+	}
+	if c.DeadServerGrace == 0 {
+		c.DeadServerGrace = 5 * time.Minute
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = 500 * time.Millisecond
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = 2 * time.Minute
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 16384
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Errors of writes, for callers to map to protocol replies.
+var (
+	// ErrUnavailable: no leader can be reached; the write was not accepted.
+	ErrUnavailable = errors.New("cluster unavailable")
+	// ErrNotSupported: some voter is too old for this kind of write.
+	ErrNotSupported = errors.New("not supported by every node yet")
+)
+
+// Node is one member of a cluster.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	tls      *clusterTLS
+	id       *identity
+	store    *storage.Store
+	logStore *raftboltdb.BoltStore
+	snaps    *raft.FileSnapshotStore
+	fsm      *fsm
+	metrics  *metrics
+	mux      *mux
+	trans    *raft.NetworkTransport
+	raft     *raft.Raft
+	members  *membership
+	rpc      *http.Server
+	client   *http.Client
+
+	started   time.Time
+	// readyTerm is the term in which this node, as leader, has applied a
+	// barrier: from then on its commit index covers every earlier entry
+	// and can serve reads.
+	readyTerm atomic.Uint64
+	fatal     chan error
+	fatalOnce sync.Once
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New opens a node's data dir and checks that it belongs to this node and
+// cluster. Nothing listens until Start.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, fatal: make(chan error, 1)}
+	var err error
+	if n.tls, err = loadClusterTLS(cfg.TLS); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if n.id, err = loadIdentity(cfg.DataDir, &n.cfg.NodeID, n.tls.caFingerprint); err != nil {
+		return nil, err
+	}
+	n.log = n.log.With("node", n.cfg.NodeID)
+	if n.store, err = storage.Open(filepath.Join(cfg.DataDir, "state.db"), storage.Options{NoSync: cfg.NoSync}); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeStores()
+		}
+	}()
+	if n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: n.raftLogPath(), NoSync: cfg.NoSync}); err != nil {
+		return nil, fmt.Errorf("raft log: %w", err)
+	}
+	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, newHCLogger("snapshot", n.log)); err != nil {
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+	if err := n.checkStateAgainstSnapshots(); err != nil {
+		return nil, err
+	}
+	n.metrics = newMetrics(n)
+	if n.fsm, err = newFSM(n.store, n.log, n.metrics, n.fail); err != nil {
+		return nil, err
+	}
+	n.fsm.fetch = n.fetchBlobs
+	ok = true
+	return n, nil
+}
+
+// checkStateAgainstSnapshots refuses a state file that is behind the newest
+// snapshot: the log before the snapshot is gone, so the gap can't be replayed
+// (Raft does not restore snapshots at start; the state file is the state).
+func (n *Node) checkStateAgainstSnapshots() error {
+	list, err := n.snaps.List()
+	if err != nil || len(list) == 0 {
+		return err
+	}
+	_, rc, err := n.snaps.Open(list[0].ID)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", list[0].ID, err)
+	}
+	defer rc.Close()
+	snapIndex, err := storage.SnapshotIndex(rc)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", list[0].ID, err)
+	}
+	applied, err := n.store.Applied()
+	if err != nil {
+		return err
+	}
+	if applied < snapIndex {
+		return fmt.Errorf("data dir %s: the state file is at index %d but the Raft log was compacted up to index %d: "+
+			"the state file was lost or replaced; move the data dir away and let the node rejoin empty", n.cfg.DataDir, applied, snapIndex)
+	}
+	return nil
+}
+
+func (n *Node) raftLogPath() string { return filepath.Join(n.cfg.DataDir, "raft", "raft.db") }
+
+// fail stops the node for a reason it cannot recover from by itself.
+func (n *Node) fail(err error) {
+	n.log.Error("node cannot continue", "err", err)
+	n.fatalOnce.Do(func() { n.fatal <- err })
+}
+
+// Fatal delivers the reason if the node stops itself.
+func (n *Node) Fatal() <-chan error { return n.fatal }
+
+func (n *Node) startedAt() time.Time { return n.started }
+
+// ID is this node's ID.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// Store is this node's copy of the state, for reads.
+func (n *Node) Store() *storage.Store { return n.store }
+
+// Metrics returns the node's Prometheus registry.
+func (n *Node) Metrics() http.Handler { return promHandler(n.metrics.reg) }
+
+// Start opens the cluster port, starts Raft and joins the cluster.
+func (n *Node) Start(ctx context.Context) error {
+	n.started = time.Now()
+	bindIP := net.ParseIP(n.cfg.BindAddr)
+	ln, err := net.Listen("tcp", net.JoinHostPort(n.cfg.BindAddr, strconv.Itoa(n.cfg.ClusterPort)))
+	if err != nil {
+		return fmt.Errorf("cluster port: %w", err)
+	}
+	advertise := &net.TCPAddr{IP: net.ParseIP(n.cfg.AdvertiseAddr), Port: n.cfg.ClusterPort}
+	n.mux = newMux(ln, n.tls, bindIP, advertise, n.log)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.mux.serve()
+	}()
+	n.client = &http.Client{Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return n.mux.dial(ctx, addr, protoRPC)
+		},
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     time.Minute,
+	}}
+	n.rpc = &http.Server{Handler: n.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		_ = n.rpc.Serve(n.mux.rpc)
+	}()
+
+	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: streamLayer{chanListener: n.mux.raft, m: n.mux}, MaxPool: 5, Timeout: 10 * time.Second,
+		Logger: newHCLogger("raft-net", n.log),
+	})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.HeartbeatTimeout
+	rc.LeaderLeaseTimeout = n.cfg.HeartbeatTimeout / 2
+	rc.MaxAppendEntries = 512
+	rc.BatchApplyCh = true
+	rc.SnapshotInterval = n.cfg.SnapshotInterval
+	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	rc.TrailingLogs = n.cfg.TrailingLogs
+	rc.NoSnapshotRestoreOnStart = true
+	rc.Logger = newHCLogger("raft", n.log)
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.logStore, n.logStore, n.snaps, n.trans); err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	n.stop = cancel
+	if n.members, err = newMembership(n); err != nil {
+		return err
+	}
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.members.joinLoop(bg) }()
+	go func() { defer n.wg.Done(); n.bootstrapLoop(bg) }()
+	go func() { defer n.wg.Done(); n.leaderLoop(bg) }()
+	go func() { defer n.wg.Done(); n.maintenanceLoop(bg) }()
+	return nil
+}
+
+// Shutdown leaves the cluster cleanly: leadership is handed over first, so
+// that writes continue without waiting for an election.
+func (n *Node) Shutdown(ctx context.Context) error {
+	var err error
+	n.closeOnce.Do(func() {
+		if n.raft != nil && n.raft.State() == raft.Leader && n.voterCount() > 1 {
+			if f := n.raft.LeadershipTransfer(); f.Error() != nil {
+				n.log.Warn("leadership transfer failed", "err", f.Error())
+			} else {
+				n.log.Info("handed leadership over before stopping")
+			}
+		}
+		if n.stop != nil {
+			n.stop()
+		}
+		if n.members != nil {
+			n.members.leave(2 * time.Second)
+		}
+		if n.raft != nil {
+			err = n.raft.Shutdown().Error()
+		}
+		if n.rpc != nil {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_ = n.rpc.Shutdown(sctx)
+			cancel()
+		}
+		if n.trans != nil {
+			_ = n.trans.Close()
+		}
+		if n.mux != nil {
+			n.mux.close()
+		}
+		n.wg.Wait()
+		n.closeStores()
+	})
+	return err
+}
+
+func (n *Node) closeStores() {
+	if n.logStore != nil {
+		n.logStore.Close()
+	}
+	if n.store != nil {
+		n.store.Close()
+	}
+}
+
+// Propose replicates a command and waits until this node has applied it, so
+// the caller then reads its own write locally. It returns the command's
+// response and log index; a failed command's error matches the storage
+// sentinels. A command kind is proposed only when every voter knows it.
+func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response, uint64, error) {
+	spec, ok := command.Lookup(c.Type())
+	if !ok {
+		return command.Response{}, 0, fmt.Errorf("propose: unknown command type %d", c.Type())
+	}
+	if v, who := n.members.minCommandVersion(); spec.Version > v {
+		return command.Response{}, 0, fmt.Errorf("%w: %s needs command version %d, node %s understands %d: upgrade every node first",
+			ErrNotSupported, spec.Name, spec.Version, who, v)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.WriteTimeout)
+		defer cancel()
+	}
+	var req storage.RequestID
+	_, _ = rand.Read(req[:])
+	entry := command.Encode(c, req, time.Now())
+	start := time.Now()
+	idx, resp, err := n.submit(ctx, entry)
+	if err != nil {
+		return command.Response{}, 0, err
+	}
+	n.metrics.commitLatency.Observe(time.Since(start).Seconds())
+	if err := n.WaitApplied(ctx, idx); err != nil {
+		return resp, idx, err
+	}
+	return resp, idx, resp.Err()
+}
+
+var errNotLeader = errors.New("not the leader")
+
+// submit gets an entry committed through whichever node leads, retrying as
+// leadership moves. Retries resend the same entry (same request ID), which the
+// state machine applies at most once.
+func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Response, error) {
+	backoff := 5 * time.Millisecond
+	for {
+		var (
+			idx  uint64
+			resp command.Response
+			err  error
+		)
+		if n.raft.State() == raft.Leader {
+			idx, resp, err = n.applyAsLeader(ctx, entry)
+		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			idx, resp, err = n.forward(ctx, string(addr), entry)
+			n.metrics.forwarded.Inc()
+		} else {
+			err = errNotLeader
+		}
+		if err == nil {
+			return idx, resp, nil
+		}
+		if errors.Is(err, raft.ErrRaftShutdown) {
+			return 0, resp, fmt.Errorf("%w: node is shutting down", ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, resp, fmt.Errorf("%w: no leader reachable from node %s (it cannot reach a majority of the cluster): %v",
+				ErrUnavailable, n.cfg.NodeID, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+func (n *Node) applyAsLeader(ctx context.Context, entry []byte) (uint64, command.Response, error) {
+	timeout := time.Until(deadline(ctx))
+	f := n.raft.Apply(entry, timeout)
+	if err := f.Error(); err != nil {
+		return 0, command.Response{}, err
+	}
+	resp, _ := f.Response().(command.Response)
+	return f.Index(), resp, nil
+}
+
+func deadline(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(10 * time.Second)
+}
+
+// WaitApplied blocks until this node has applied index.
+func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
+	return n.fsm.wait(ctx, index, n.raft.AppliedIndex)
+}
+
+// ReadIndex makes the next local read linearizable: it learns the leader's
+// commit index, confirmed by a round of heartbeats, and waits until this node
+// has applied that far.
+func (n *Node) ReadIndex(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.WriteTimeout)
+		defer cancel()
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		idx, err := n.leaderReadIndex(ctx)
+		if err == nil {
+			return n.WaitApplied(ctx, idx)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+	}
+}
+
+func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
+	if n.raft.State() == raft.Leader {
+		if n.readyTerm.Load() != n.raft.CurrentTerm() {
+			return 0, errors.New("new leader not ready yet")
+		}
+		idx := n.raft.CommitIndex()
+		if err := n.raft.VerifyLeader().Error(); err != nil {
+			return 0, err
+		}
+		return idx, nil
+	}
+	addr, _ := n.raft.LeaderWithID()
+	if addr == "" {
+		return 0, errNotLeader
+	}
+	var out struct{ Index uint64 }
+	err := n.call(ctx, string(addr), http.MethodGet, "/internal/readindex", nil, &out)
+	return out.Index, err
+}
+
+// Applied is the last index applied on this node.
+func (n *Node) Applied() uint64 { return n.fsm.Applied() }
+
+// Leader is the ID of the leader this node knows of, or "".
+func (n *Node) Leader() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// IsLeader reports whether this node leads the cluster now.
+func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.State() == raft.Leader }
+
+func (n *Node) raftState() raft.RaftState {
+	if n.raft == nil {
+		return raft.Shutdown
+	}
+	return n.raft.State()
+}
+
+func (n *Node) commitIndex() uint64 {
+	if n.raft == nil {
+		return 0
+	}
+	return n.raft.CommitIndex()
+}
+
+func (n *Node) bodyBytes() int64 {
+	var b int64
+	_ = n.store.View(func(tx *storage.Tx) error {
+		_, b = tx.BlobStats()
+		return nil
+	})
+	return b
+}
+
+func (n *Node) voterCount() int {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	c := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			c++
+		}
+	}
+	return c
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// identity is what a data dir remembers of whose it is.
+type identity struct {
+	path          string
+	NodeID        string `json:"node_id"`
+	CAFingerprint string `json:"ca_fingerprint"`
+	ClusterID     string `json:"cluster_id,omitempty"`
+	mu            sync.Mutex
+}
+
+// loadIdentity checks that a data dir belongs to this node and cluster CA, or
+// claims a fresh one. An empty node ID takes the one the data dir remembers.
+func loadIdentity(dir string, nodeID *string, caFP string) (*identity, error) {
+	id := &identity{path: filepath.Join(dir, "node.json")}
+	b, err := os.ReadFile(id.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if *nodeID == "" {
+			h, _ := os.Hostname()
+			*nodeID = h
+		}
+		id.NodeID, id.CAFingerprint = *nodeID, caFP
+		return id, id.save()
+	case err != nil:
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := json.Unmarshal(b, id); err != nil {
+		return nil, fmt.Errorf("data dir %s: node.json is damaged: %w", dir, err)
+	}
+	if *nodeID == "" {
+		*nodeID = id.NodeID
+	}
+	if id.NodeID != *nodeID {
+		return nil, fmt.Errorf("data dir %s belongs to node %q, not %q: wrong --data-dir or --node-id", dir, id.NodeID, *nodeID)
+	}
+	if id.CAFingerprint != caFP {
+		return nil, fmt.Errorf("data dir %s belongs to another cluster: it was created with cluster CA %s, "+
+			"but this node's CA is %s: wrong --data-dir or wrong cluster certificates", dir, id.CAFingerprint, caFP)
+	}
+	return id, nil
+}
+
+func (id *identity) save() error {
+	b, _ := json.MarshalIndent(id, "", "  ")
+	tmp := id.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, id.path)
+}
+
+func (id *identity) clusterID() string {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.ClusterID
+}
+
+// setClusterID records the cluster this data dir belongs to, once known.
+func (id *identity) setClusterID(c string) error {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.ClusterID == c {
+		return nil
+	}
+	id.ClusterID = c
+	return id.save()
+}

@@ -1,0 +1,288 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func openTest(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "state.db"), Options{NoSync: true, MmapSize: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// write applies fn as the change with sequence seq.
+func write(t *testing.T, s *Store, seq uint64, fn func(*Tx) error) {
+	t.Helper()
+	err := s.Update(func(tx *Tx) error {
+		tx.SetClock(seq, time.Unix(1700000000, int64(seq)))
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.SetApplied(seq)
+	})
+	if err != nil {
+		t.Fatalf("write %d: %v", seq, err)
+	}
+}
+
+func deliver(t *testing.T, s *Store, seq uint64, user, body string) Message {
+	t.Helper()
+	var m Message
+	h, z := s.Compress([]byte(body))
+	write(t, s, seq, func(tx *Tx) error {
+		u, err := tx.User(user)
+		if err != nil {
+			return err
+		}
+		mb, err := tx.Mailbox(u.ID, "INBOX")
+		if err != nil {
+			return err
+		}
+		if err := tx.PutBlob(h, z); err != nil {
+			return err
+		}
+		m, err = tx.AppendMessage(mb.ID, Message{Blob: h, Size: int64(len(body))}, false)
+		return err
+	})
+	return m
+}
+
+func seed(t *testing.T, s *Store) {
+	write(t, s, 1, func(tx *Tx) error {
+		if _, err := tx.AddDomain("Example.ORG"); err != nil {
+			return err
+		}
+		if _, err := tx.AddUser(User{Address: "Alice@example.org"}); err != nil {
+			return err
+		}
+		_, err := tx.AddUser(User{Address: "bob@example.org"})
+		return err
+	})
+}
+
+func TestDirectory(t *testing.T) {
+	s := openTest(t)
+	seed(t, s)
+	err := s.Update(func(tx *Tx) error {
+		tx.SetClock(2, time.Unix(1, 0))
+		if _, err := tx.AddDomain("example.org"); !errors.Is(err, ErrExists) {
+			t.Errorf("duplicate domain: %v", err)
+		}
+		if _, err := tx.AddUser(User{Address: "carol@nowhere.test"}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("user in unknown domain: %v", err)
+		}
+		if _, err := tx.AddAlias("team@example.org", []string{"alice@example.org", "ghost@example.org"}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("alias to unknown local user: %v", err)
+		}
+		a, err := tx.AddAlias("team@example.org", []string{"alice@example.org", "BOB@example.org", "x@remote.test"})
+		if err != nil || len(a.Targets) != 3 || a.Targets[1] != "bob@example.org" {
+			t.Errorf("alias: %+v %v", a, err)
+		}
+		if _, err := tx.AddAlias("@example.org", []string{"alice@example.org"}); err != nil {
+			t.Errorf("catch-all: %v", err)
+		}
+		if _, err := tx.AddUser(User{Address: "team@example.org"}); !errors.Is(err, ErrExists) {
+			t.Errorf("user over alias: %v", err)
+		}
+		if err := tx.RemoveDomain("example.org"); !errors.Is(err, ErrInvalid) {
+			t.Errorf("remove non-empty domain: %v", err)
+		}
+		u, err := tx.User("ALICE@Example.org")
+		if err != nil || u.Address != "alice@example.org" {
+			t.Fatalf("user lookup: %+v %v", u, err)
+		}
+		mbs, err := tx.Mailboxes(u.ID)
+		if err != nil || len(mbs) != len(DefaultMailboxes) {
+			t.Errorf("mailboxes: %d %v", len(mbs), err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "a@", "@b.c", "no-at", "a b@c.d", "a@-x.org", "a@x..org"} {
+		if _, _, err := NormalizeAddress(bad, false); err == nil {
+			t.Errorf("NormalizeAddress(%q) accepted", bad)
+		}
+	}
+}
+
+func TestMessagesBodiesAndGarbage(t *testing.T) {
+	s := openTest(t)
+	seed(t, s)
+	m1 := deliver(t, s, 2, "alice@example.org", "same body")
+	m2 := deliver(t, s, 3, "bob@example.org", "same body")
+	m3 := deliver(t, s, 4, "alice@example.org", "other body")
+	if m1.UID != 1 || m2.UID != 1 || m3.UID != 2 || m3.ModSeq != 4 {
+		t.Fatalf("uids %d %d %d modseq %d", m1.UID, m2.UID, m3.UID, m3.ModSeq)
+	}
+	_ = s.View(func(tx *Tx) error {
+		if n := tx.Refs(m1.Blob); n != 2 {
+			t.Errorf("refs of shared body = %d, want 2", n)
+		}
+		if c, _ := tx.BlobStats(); c != 2 {
+			t.Errorf("stored bodies = %d, want 2", c)
+		}
+		body, err := tx.Body(m1.Blob)
+		if err != nil || string(body) != "same body" {
+			t.Errorf("body %q %v", body, err)
+		}
+		return nil
+	})
+	write(t, s, 5, func(tx *Tx) error { return tx.RemoveUser("alice@example.org") })
+	_ = s.View(func(tx *Tx) error {
+		if n := tx.Refs(m1.Blob); n != 1 {
+			t.Errorf("refs after removal = %d, want 1", n)
+		}
+		if !tx.HasBlob(m3.Blob) {
+			t.Error("unreferenced body removed before garbage collection")
+		}
+		return nil
+	})
+	write(t, s, 6, func(tx *Tx) error {
+		n, err := tx.CollectGarbage(4) // a snapshot at 4 may still need it
+		if n != 0 {
+			t.Errorf("collected %d at 4", n)
+		}
+		if n, err = tx.CollectGarbage(5); n != 1 {
+			t.Errorf("collected %d at 5, want 1", n)
+		}
+		return err
+	})
+	_ = s.View(func(tx *Tx) error {
+		if tx.HasBlob(m3.Blob) || !tx.HasBlob(m1.Blob) {
+			t.Error("wrong body collected")
+		}
+		return nil
+	})
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	src := openTest(t)
+	seed(t, src)
+	for i := 0; i < 50; i++ {
+		deliver(t, src, uint64(2+i), "alice@example.org", fmt.Sprintf("message %d", i%10))
+	}
+	var snap bytes.Buffer
+	sn, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.WriteTo(&snap); err != nil {
+		t.Fatal(err)
+	}
+	sn.Release()
+	var srcDigest [32]byte
+	_ = src.View(func(tx *Tx) error { srcDigest = tx.Digest(); return nil })
+
+	// A fresh node restores and fetches every body from the source.
+	dst := openTest(t)
+	fetched := 0
+	fetch := func(ctx context.Context, missing []Hash, put func(Hash, []byte) error) error {
+		return src.View(func(tx *Tx) error {
+			for _, h := range missing {
+				b, ok := tx.CompressedBlob(h)
+				if !ok {
+					continue
+				}
+				fetched++
+				if err := put(h, b); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	idx, err := dst.Restore(context.Background(), bytes.NewReader(snap.Bytes()), fetch)
+	if err != nil || idx != 51 {
+		t.Fatalf("restore: %d %v", idx, err)
+	}
+	if fetched != 10 {
+		t.Errorf("fetched %d bodies, want 10", fetched)
+	}
+	_ = dst.View(func(tx *Tx) error {
+		if tx.Digest() != srcDigest {
+			t.Error("restored digest differs")
+		}
+		if tx.Applied() != 51 {
+			t.Errorf("applied = %d", tx.Applied())
+		}
+		return nil
+	})
+	// Restoring again fetches nothing: bodies already present are kept.
+	fetched = 0
+	if _, err := dst.Restore(context.Background(), bytes.NewReader(snap.Bytes()), fetch); err != nil || fetched != 0 {
+		t.Fatalf("second restore fetched %d: %v", fetched, err)
+	}
+	if len(snap.Bytes()) > 20000 {
+		t.Errorf("snapshot of 50 small messages is %d bytes", snap.Len())
+	}
+}
+
+func TestCorruptSnapshotLeavesStateAlone(t *testing.T) {
+	src := openTest(t)
+	seed(t, src)
+	deliver(t, src, 2, "alice@example.org", "hello")
+	var snap bytes.Buffer
+	sn, _ := src.Snapshot()
+	sn.WriteTo(&snap)
+	sn.Release()
+
+	dst := openTest(t)
+	seed(t, dst)
+	var before [32]byte
+	_ = dst.View(func(tx *Tx) error { before = tx.Digest(); return nil })
+	cases := map[string][]byte{
+		"truncated":   snap.Bytes()[:snap.Len()/2],
+		"bad magic":   append([]byte("NOTASNAP"), snap.Bytes()[8:]...),
+		"empty":       nil,
+		"flipped bit": flip(snap.Bytes(), snap.Len()-5),
+	}
+	for name, b := range cases {
+		_, err := dst.Restore(context.Background(), bytes.NewReader(b), nil)
+		if !errors.Is(err, ErrCorruptSnapshot) {
+			t.Errorf("%s: err = %v, want ErrCorruptSnapshot", name, err)
+		}
+	}
+	_ = dst.View(func(tx *Tx) error {
+		if tx.Digest() != before {
+			t.Error("a failed restore changed the state")
+		}
+		return nil
+	})
+}
+
+func flip(b []byte, i int) []byte {
+	c := append([]byte(nil), b...)
+	c[i] ^= 0x40
+	return c
+}
+
+func TestRequests(t *testing.T) {
+	s := openTest(t)
+	id := RequestID{1, 2, 3}
+	write(t, s, 1, func(tx *Tx) error { return tx.PutRequest(id, []byte("resp")) })
+	_ = s.View(func(tx *Tx) error {
+		if r, ok := tx.Request(id); !ok || string(r) != "resp" {
+			t.Errorf("request = %q %v", r, ok)
+		}
+		return nil
+	})
+	write(t, s, 2, func(tx *Tx) error { return tx.PruneRequests(time.Unix(1700000001, 0).UnixNano()) })
+	_ = s.View(func(tx *Tx) error {
+		if _, ok := tx.Request(id); ok {
+			t.Error("request not pruned")
+		}
+		return nil
+	})
+}

@@ -1,0 +1,668 @@
+// Package harness runs real Flotilla clusters of separate processes for
+// end-to-end tests: each node is the flotilla binary on its own loopback
+// address (127.A.B.n), so every node uses the standard test ports and a node
+// can be cut off with iptables rules on its address.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flotilla-mail/flotilla/cluster"
+)
+
+// Ports every node listens on, at its own address.
+const (
+	ClusterPort    = 7000
+	GossipPort     = 7946
+	HTTPPort       = 8080
+	SMTPPort       = 2525
+	SubmissionPort = 2587
+	SMTPSPort      = 2465
+	POP3Port       = 2110
+	POP3SPort      = 2995
+	IMAPPort       = 2143
+	IMAPSPort      = 2993
+	HTTPSPort      = 8443
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// Binary builds the flotilla binary once per test process (with -race when
+// the tests run with it) and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if p := os.Getenv("FLOTILLA_BIN"); p != "" {
+			buildPath = p
+			return
+		}
+		dir, err := os.MkdirTemp("", "flotilla-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "flotilla")
+		buildErr = BuildTo(buildPath)
+	})
+	if buildErr != nil {
+		t.Fatalf("build flotilla: %v", buildErr)
+	}
+	return buildPath
+}
+
+// BuildTo builds the flotilla binary to path with extra build tags.
+func BuildTo(path string, tags ...string) error {
+	args := []string{"build", "-o", path}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	args = append(args, "-ldflags", "-X github.com/flotilla-mail/flotilla/cluster.BuildVersion=test"+strings.Join(tags, "+"))
+	cmd := exec.Command("go", append(args, "github.com/flotilla-mail/flotilla/cmd/flotilla")...)
+	cmd.Dir = moduleRoot()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
+}
+
+// Options shape a cluster.
+type Options struct {
+	Nodes int // default 3
+	// Args are added to every node's command line.
+	Args []string
+	// DeadServerGrace, HeartbeatTimeout: passed when set.
+	DeadServerGrace  string
+	HeartbeatTimeout string
+	// NoStart creates the nodes without starting them.
+	NoStart bool
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	t         testing.TB
+	Dir       string
+	TLSDir    string
+	GossipKey string
+	Token     string
+	opt       Options
+	subnet    string // 127.A.B.
+	Nodes     []*Node
+	mu        sync.Mutex
+	rules     [][]string // iptables rules to remove at cleanup
+}
+
+// Node is one flotilla process.
+type Node struct {
+	c       *Cluster
+	ID      string
+	IP      string
+	DataDir string
+	LogPath string
+	// Args are this node's extra arguments; Bin overrides the binary.
+	Args []string
+	Bin  string
+	// Expect is its --bootstrap-expect (0 for a node joining later).
+	Expect int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	logf *os.File
+}
+
+// New starts a cluster of opt.Nodes fresh nodes that bootstrap together.
+func New(t testing.TB, opt Options) *Cluster {
+	t.Helper()
+	if opt.Nodes == 0 {
+		opt.Nodes = 3
+	}
+	bin := Binary(t)
+	c := &Cluster{t: t, Dir: t.TempDir(), opt: opt}
+	c.TLSDir = filepath.Join(c.Dir, "tls")
+	c.subnet = freeSubnet(t)
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	c.GossipKey = base64.StdEncoding.EncodeToString(key)
+	tok := make([]byte, 16)
+	_, _ = rand.Read(tok)
+	c.Token = hex.EncodeToString(tok)
+	var ids []string
+	for i := 1; i <= opt.Nodes+4; i++ { // certificates for nodes added later too
+		ids = append(ids, fmt.Sprintf("n%d", i))
+	}
+	if out, err := exec.Command(bin, "cluster", "tls-init", "--out", c.TLSDir, "--nodes", strings.Join(ids, ",")).CombinedOutput(); err != nil {
+		t.Fatalf("tls-init: %v: %s", err, out)
+	}
+	for i := 0; i < opt.Nodes; i++ {
+		c.newNode(opt.Nodes)
+	}
+	t.Cleanup(c.cleanup)
+	if !opt.NoStart {
+		for _, n := range c.Nodes {
+			n.Start()
+		}
+	}
+	return c
+}
+
+// freeSubnet picks 127.A.B. with nothing listening on its first addresses.
+func freeSubnet(t testing.TB) string {
+	for i := 0; i < 50; i++ {
+		a, _ := rand.Int(rand.Reader, big.NewInt(150))
+		b, _ := rand.Int(rand.Reader, big.NewInt(250))
+		subnet := fmt.Sprintf("127.%d.%d.", 100+a.Int64(), 1+b.Int64())
+		ok := true
+		for n := 1; n <= 8 && ok; n++ {
+			ln, err := net.Listen("tcp", fmt.Sprintf("%s%d:%d", subnet, n, ClusterPort))
+			if err != nil {
+				ok = false
+				break
+			}
+			ln.Close()
+		}
+		if ok {
+			return subnet
+		}
+	}
+	t.Fatal("no free loopback subnet")
+	return ""
+}
+
+func (c *Cluster) newNode(expect int) *Node {
+	i := len(c.Nodes) + 1
+	n := &Node{c: c, ID: fmt.Sprintf("n%d", i), IP: fmt.Sprintf("%s%d", c.subnet, i), Expect: expect}
+	n.DataDir = filepath.Join(c.Dir, n.ID)
+	n.LogPath = filepath.Join(c.Dir, n.ID+".log")
+	c.Nodes = append(c.Nodes, n)
+	return n
+}
+
+// AddNode creates a fresh node that joins the running cluster (not started).
+func (c *Cluster) AddNode() *Node {
+	return c.newNode(0)
+}
+
+// Node returns a node by ID.
+func (c *Cluster) Node(id string) *Node {
+	for _, n := range c.Nodes {
+		if n.ID == id {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", id)
+	return nil
+}
+
+// Addr is the node's address with a port.
+func (n *Node) Addr(port int) string { return fmt.Sprintf("%s:%d", n.IP, port) }
+
+func (n *Node) args() []string {
+	c := n.c
+	var join []string
+	for _, o := range c.Nodes {
+		if o != n && o.Expect > 0 {
+			join = append(join, o.Addr(GossipPort))
+		}
+	}
+	args := []string{"serve",
+		"--node-id", n.ID, "--data-dir", n.DataDir, "--bind", n.IP,
+		"--join", strings.Join(join, ","),
+		"--cluster-ca", filepath.Join(c.TLSDir, "ca.pem"),
+		"--cluster-cert", filepath.Join(c.TLSDir, n.ID+".pem"),
+		"--cluster-key", filepath.Join(c.TLSDir, n.ID+"-key.pem"),
+		"--gossip-key", c.GossipKey, "--api-token", c.Token,
+		"--cluster-port", fmt.Sprint(ClusterPort), "--gossip-port", fmt.Sprint(GossipPort),
+		"--http-port", fmt.Sprint(HTTPPort), "--https-port", "0",
+		"--smtp-port", fmt.Sprint(SMTPPort), "--submission-port", fmt.Sprint(SubmissionPort), "--smtps-port", fmt.Sprint(SMTPSPort),
+		"--pop3-port", fmt.Sprint(POP3Port), "--pop3s-port", fmt.Sprint(POP3SPort),
+		"--imap-port", fmt.Sprint(IMAPPort), "--imaps-port", fmt.Sprint(IMAPSPort),
+		"--hostname", n.ID + ".flotilla.test",
+	}
+	if n.Expect > 0 {
+		args = append(args, "--bootstrap-expect", fmt.Sprint(n.Expect))
+	}
+	if c.opt.DeadServerGrace != "" {
+		args = append(args, "--dead-server-grace", c.opt.DeadServerGrace)
+	}
+	if c.opt.HeartbeatTimeout != "" {
+		args = append(args, "--heartbeat-timeout", c.opt.HeartbeatTimeout)
+	}
+	args = append(args, c.opt.Args...)
+	return append(args, n.Args...)
+}
+
+// Start starts the node's process (a restart keeps its data).
+func (n *Node) Start() {
+	n.c.t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd != nil {
+		n.c.t.Fatalf("%s already running", n.ID)
+	}
+	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.c.t.Fatal(err)
+	}
+	fmt.Fprintf(f, "=== start %s at %s\n", n.ID, time.Now().Format(time.RFC3339Nano))
+	bin := n.Bin
+	if bin == "" {
+		bin = Binary(n.c.t)
+	}
+	cmd := exec.Command(bin, n.args()...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=0 exitcode=66")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		n.c.t.Fatalf("start %s: %v", n.ID, err)
+	}
+	n.cmd, n.logf, n.done = cmd, f, make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		close(done)
+	}(cmd, n.done)
+}
+
+// Running reports whether the process is alive.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (n *Node) Kill() { n.signal(syscall.SIGKILL, 10*time.Second) }
+
+// Stop sends SIGTERM and waits for a clean exit; it fails the test if the
+// node takes longer than timeout.
+func (n *Node) Stop() { n.signal(syscall.SIGTERM, 30*time.Second) }
+
+// Pause and Resume freeze and thaw the process (SIGSTOP, SIGCONT).
+func (n *Node) Pause()  { n.sendOnly(syscall.SIGSTOP) }
+func (n *Node) Resume() { n.sendOnly(syscall.SIGCONT) }
+
+func (n *Node) sendOnly(sig syscall.Signal) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd != nil {
+		_ = n.cmd.Process.Signal(sig)
+	}
+}
+
+func (n *Node) signal(sig syscall.Signal, timeout time.Duration) {
+	n.c.t.Helper()
+	n.mu.Lock()
+	cmd, done, f := n.cmd, n.done, n.logf
+	n.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		<-done
+		n.c.t.Errorf("%s did not stop within %s of %s", n.ID, timeout, sig)
+	}
+	if sig == syscall.SIGTERM {
+		if code := cmd.ProcessState.ExitCode(); code != 0 {
+			n.c.t.Errorf("%s exited with code %d after SIGTERM", n.ID, code)
+		}
+	}
+	f.Close()
+	n.mu.Lock()
+	n.cmd = nil
+	n.mu.Unlock()
+}
+
+// Wait waits for the process to exit by itself and returns its exit code.
+func (n *Node) Wait(timeout time.Duration) (int, error) {
+	n.mu.Lock()
+	cmd, done := n.cmd, n.done
+	n.mu.Unlock()
+	if cmd == nil {
+		return 0, errors.New("not running")
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		return 0, fmt.Errorf("%s still running after %s", n.ID, timeout)
+	}
+	n.mu.Lock()
+	n.cmd = nil
+	n.logf.Close()
+	n.mu.Unlock()
+	return cmd.ProcessState.ExitCode(), nil
+}
+
+// Log returns the node's log so far.
+func (n *Node) Log() string {
+	b, _ := os.ReadFile(n.LogPath)
+	return string(b)
+}
+
+// WipeData removes the node's data dir (the node must be stopped).
+func (n *Node) WipeData() {
+	if n.Running() {
+		n.c.t.Fatalf("%s: wipe while running", n.ID)
+	}
+	if err := os.RemoveAll(n.DataDir); err != nil {
+		n.c.t.Fatal(err)
+	}
+}
+
+func (c *Cluster) cleanup() {
+	for _, n := range c.Nodes {
+		n.mu.Lock()
+		cmd := n.cmd
+		n.mu.Unlock()
+		if cmd != nil {
+			_ = cmd.Process.Signal(syscall.SIGCONT)
+			_ = cmd.Process.Kill()
+			<-n.done
+			n.logf.Close()
+		}
+	}
+	c.HealAll()
+	for _, n := range c.Nodes {
+		log := n.Log()
+		if strings.Contains(log, "WARNING: DATA RACE") {
+			c.t.Errorf("%s: data race in the node process; see its log below", n.ID)
+		}
+		if strings.Contains(log, "panic:") {
+			c.t.Errorf("%s: panic in the node process; see its log below", n.ID)
+		}
+	}
+	if c.t.Failed() {
+		for _, n := range c.Nodes {
+			c.t.Logf("---- log of %s (%s) ----\n%s", n.ID, n.LogPath, tail(n.Log(), 120))
+		}
+	}
+}
+
+func tail(s string, lines int) string {
+	all := strings.Split(s, "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+// CLI runs `flotilla args...` against node n through its control socket.
+func (n *Node) CLI(args ...string) (stdout, stderr string, err error) {
+	return n.CLIInput("", args...)
+}
+
+// CLIInput is CLI with standard input.
+func (n *Node) CLIInput(stdin string, args ...string) (stdout, stderr string, err error) {
+	bin := n.Bin
+	if bin == "" {
+		bin = Binary(n.c.t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(args, "--data-dir", n.DataDir)...)
+	var o, e bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// MustCLI is CLI that fails the test on error.
+func (n *Node) MustCLI(args ...string) string {
+	n.c.t.Helper()
+	out, errOut, err := n.CLI(args...)
+	if err != nil {
+		n.c.t.Fatalf("%s: flotilla %s: %v\n%s%s", n.ID, strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// API calls the node's admin API over HTTP with the cluster's token.
+func (n *Node) API(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+n.Addr(HTTPPort)+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.c.Token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return &APIError{Status: res.StatusCode, Body: strings.TrimSpace(string(b))}
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// Raw calls the admin API and returns the body as it is.
+func (n *Node) Raw(method, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+n.Addr(HTTPPort)+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.c.Token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return nil, &APIError{Status: res.StatusCode, Body: strings.TrimSpace(string(b))}
+	}
+	return b, err
+}
+
+// APIError is a non-200 answer of the admin API.
+type APIError struct {
+	Status int
+	Body   string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, e.Body) }
+
+// Status returns the cluster as node n sees it.
+func (n *Node) Status() (cluster.Status, error) {
+	var st cluster.Status
+	err := n.API("GET", "/v1/cluster/status", nil, &st)
+	return st, err
+}
+
+// Eventually polls cond every 50ms until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+}
+
+// WaitLeader waits until every running node agrees on one leader among the
+// running nodes, and returns it.
+func (c *Cluster) WaitLeader(timeout time.Duration) *Node {
+	c.t.Helper()
+	var leader *Node
+	Eventually(c.t, timeout, "a leader all running nodes agree on", func() error {
+		leader = nil
+		seen := ""
+		for _, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			st, err := n.Status()
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.ID, err)
+			}
+			if st.Leader == "" {
+				return fmt.Errorf("%s sees no leader", n.ID)
+			}
+			if seen != "" && st.Leader != seen {
+				return fmt.Errorf("%s sees leader %s, others %s", n.ID, st.Leader, seen)
+			}
+			seen = st.Leader
+		}
+		for _, n := range c.Nodes {
+			if n.ID == seen && n.Running() {
+				leader = n
+			}
+		}
+		if leader == nil {
+			return fmt.Errorf("leader %q is not a running node", seen)
+		}
+		return nil
+	})
+	return leader
+}
+
+// WaitVoters waits until node n's view of the cluster has exactly these
+// healthy voters.
+func (c *Cluster) WaitVoters(n *Node, timeout time.Duration, ids ...string) {
+	c.t.Helper()
+	want := strings.Join(ids, ",")
+	Eventually(c.t, timeout, "voters "+want, func() error {
+		st, err := n.Status()
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, ns := range st.Nodes {
+			if ns.Voter && ns.Healthy {
+				got = append(got, ns.ID)
+			}
+		}
+		if g := strings.Join(got, ","); g != want {
+			return fmt.Errorf("healthy voters %s; status %+v", g, st.Nodes)
+		}
+		return nil
+	})
+}
+
+// Followers returns the running nodes other than leader.
+func (c *Cluster) Followers(leader *Node) []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if n != leader && n.Running() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Isolate cuts node n off from every other node of the cluster, both ways,
+// with iptables rules on their loopback addresses. Clients on 127.0.0.1 can
+// still reach it.
+func (c *Cluster) Isolate(n *Node) {
+	c.t.Helper()
+	for _, o := range c.Nodes {
+		if o == n {
+			continue
+		}
+		c.addRule("INPUT", "-s", n.IP, "-d", o.IP, "-j", "DROP")
+		c.addRule("INPUT", "-s", o.IP, "-d", n.IP, "-j", "DROP")
+	}
+}
+
+// CutOneWay drops packets from a to b only.
+func (c *Cluster) CutOneWay(a, b *Node) {
+	c.t.Helper()
+	c.addRule("INPUT", "-s", a.IP, "-d", b.IP, "-j", "DROP")
+}
+
+func (c *Cluster) addRule(chain string, spec ...string) {
+	c.t.Helper()
+	args := append([]string{"-w", "-I", chain}, spec...)
+	if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+		c.t.Fatalf("iptables %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	c.mu.Lock()
+	c.rules = append(c.rules, append([]string{chain}, spec...))
+	c.mu.Unlock()
+}
+
+// HealAll removes every rule this cluster added.
+func (c *Cluster) HealAll() {
+	c.mu.Lock()
+	rules := c.rules
+	c.rules = nil
+	c.mu.Unlock()
+	for _, r := range rules {
+		_ = exec.Command("iptables", append([]string{"-w", "-D"}, r...)...).Run()
+	}
+}
+
+// Grep returns the lines of the node's log containing s.
+func (n *Node) Grep(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(n.Log()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), s) {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}
