@@ -23,11 +23,11 @@ import (
 type nodeMeta struct {
 	ID         string `json:"id"`
 	Site       string `json:"site,omitempty"`
-	Cluster    string `json:"ca"`              // cluster port address
-	HTTP       string `json:"http,omitempty"`  // admin API address
-	Version    string `json:"v"`               // build
-	CmdVersion int    `json:"cv"`              // highest command version understood
-	ClusterID  string `json:"cid,omitempty"`   // cluster this node's data belongs to
+	Cluster    string `json:"ca"`             // cluster port address
+	HTTP       string `json:"http,omitempty"` // admin API address
+	Version    string `json:"v"`              // build
+	CmdVersion int    `json:"cv"`             // highest command version understood
+	ClusterID  string `json:"cid,omitempty"`  // cluster this node's data belongs to
 	Expect     int    `json:"expect,omitempty"`
 	HasState   bool   `json:"state,omitempty"` // has Raft state: part of a cluster already
 }

@@ -126,7 +126,7 @@ type Node struct {
 	rpc      *http.Server
 	client   *http.Client
 
-	started   time.Time
+	started time.Time
 	// readyTerm is the term in which this node, as leader, has applied a
 	// barrier: from then on its commit index covers every earlier entry
 	// and can serve reads.
