@@ -181,6 +181,12 @@ func (n *Node) maintenanceLoop(ctx context.Context) {
 			}
 		}
 		n.members.refresh()
+		if n.snapshotBad.Load() {
+			if err := n.raft.Snapshot().Error(); err == nil {
+				n.snapshotBad.Store(false)
+				n.log.Info("replaced the corrupt snapshot with a fresh one")
+			}
+		}
 		if time.Since(last) < 30*time.Second {
 			continue
 		}

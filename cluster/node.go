@@ -47,6 +47,9 @@ type Config struct {
 	DeadServerGrace time.Duration
 	// WriteTimeout bounds a write whose context has no deadline.
 	WriteTimeout time.Duration
+	// LeaderWait is how long a write waits for a leader to appear before it
+	// is refused: a node that cannot reach a majority says so promptly.
+	LeaderWait time.Duration
 	// Raft timing; zero values take the defaults below.
 	HeartbeatTimeout  time.Duration
 	SnapshotInterval  time.Duration
@@ -81,6 +84,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 10 * time.Second
+	}
+	if c.LeaderWait == 0 {
+		c.LeaderWait = 5 * time.Second
 	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = 500 * time.Millisecond
@@ -131,6 +137,8 @@ type Node struct {
 	// barrier: from then on its commit index covers every earlier entry
 	// and can serve reads.
 	readyTerm atomic.Uint64
+	// snapshotBad: the newest snapshot failed its checksum at start.
+	snapshotBad atomic.Bool
 	fatal     chan error
 	fatalOnce sync.Once
 	stop      context.CancelFunc
@@ -193,7 +201,12 @@ func (n *Node) checkStateAgainstSnapshots() error {
 	}
 	_, rc, err := n.snaps.Open(list[0].ID)
 	if err != nil {
-		return fmt.Errorf("snapshot %s: %w", list[0].ID, err)
+		// The state file is intact (it is the state); only what would be
+		// sent to a lagging peer is damaged. Replace it at the next chance.
+		n.log.Error("newest snapshot is corrupt; it will be replaced by a fresh one once there is something new to snapshot",
+			"snapshot", list[0].ID, "err", err)
+		n.snapshotBad.Store(true)
+		return nil
 	}
 	defer rc.Close()
 	snapIndex, err := storage.SnapshotIndex(rc)
@@ -381,6 +394,9 @@ var errNotLeader = errors.New("not the leader")
 // state machine applies at most once.
 func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Response, error) {
 	backoff := 5 * time.Millisecond
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
+	defer cancel()
+	var leaderless time.Time
 	for {
 		var (
 			idx  uint64
@@ -394,6 +410,12 @@ func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Respon
 			n.metrics.forwarded.Inc()
 		} else {
 			err = errNotLeader
+			if leaderless.IsZero() {
+				leaderless = time.Now()
+			} else if time.Since(leaderless) > n.cfg.LeaderWait {
+				return 0, resp, fmt.Errorf("%w: no leader reachable from node %s for %s (it cannot reach a majority of the cluster)",
+					ErrUnavailable, n.cfg.NodeID, n.cfg.LeaderWait)
+			}
 		}
 		if err == nil {
 			return idx, resp, nil
@@ -437,16 +459,22 @@ func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
 // commit index, confirmed by a round of heartbeats, and waits until this node
 // has applied that far.
 func (n *Node) ReadIndex(ctx context.Context) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, n.cfg.WriteTimeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
+	defer cancel()
 	backoff := 5 * time.Millisecond
+	var leaderless time.Time
 	for {
 		idx, err := n.leaderReadIndex(ctx)
 		if err == nil {
 			return n.WaitApplied(ctx, idx)
+		}
+		if n.Leader() != "" {
+			leaderless = time.Time{}
+		} else if leaderless.IsZero() {
+			leaderless = time.Now()
+		} else if time.Since(leaderless) > n.cfg.LeaderWait {
+			return fmt.Errorf("%w: no leader reachable from node %s for %s (it cannot reach a majority of the cluster)",
+				ErrUnavailable, n.cfg.NodeID, n.cfg.LeaderWait)
 		}
 		select {
 		case <-ctx.Done():

@@ -131,7 +131,11 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 		if err != nil {
 			var perr toml.ParseError
 			if errors.As(err, &perr) {
-				return cfg, fmt.Errorf("config %s: line %d: %s", path, perr.Position.Line, perr.Message)
+				where := ""
+				if perr.LastKey != "" {
+					where = perr.LastKey + ": "
+				}
+				return cfg, fmt.Errorf("config %s: line %d: %s%s", path, perr.Position.Line, where, perr.Message)
 			}
 			return cfg, fmt.Errorf("config %s: %w", path, err)
 		}

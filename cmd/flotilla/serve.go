@@ -98,9 +98,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return storage.Secrets(s), err
 	}}
 	var servers []*http.Server
+	stopMail := func(context.Context) {}
 	shutdownAll := func() {
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.Duration)
 		defer cancel()
+		stopMail(sctx)
 		for _, s := range servers {
 			_ = s.Shutdown(sctx)
 		}
@@ -122,6 +124,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		servers = append(servers, startHTTP(ln, api.Handler(false), log))
 	}
+	env, err := newMailEnv(&cfg, node, log)
+	if err != nil {
+		shutdownAll()
+		return err
+	}
+	if stopMail, err = startMail(ctx, env); err != nil {
+		shutdownAll()
+		return err
+	}
 	if cfg.Dev {
 		go devWelcome(ctx, node, api, &cfg, stdout, log)
 	}
@@ -133,7 +144,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("stopped")
 		return nil
 	case err := <-node.Fatal():
-		shutdownAll()
+		// The state machine is stuck on purpose (see cluster.fsm): exit
+		// without waiting for it. Nothing half-applied was committed.
 		return err
 	}
 }

@@ -78,6 +78,7 @@ func (s *Server) Handler(socket bool) http.Handler {
 	route("POST /v1/aliases", s.addAlias)
 	route("DELETE /v1/aliases/{address}", s.removeAlias)
 	route("GET /v1/queue", s.listQueue)
+	extraRoutes(s, route)
 	mux.Handle("GET /metrics", s.Node.Metrics())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := s.Node.Status(r.Context())

@@ -46,6 +46,10 @@ const (
 	HTTPSPort      = 8443
 )
 
+// raceEnv: race-built processes must not sleep a second at exit (the race
+// runtime's default), and must report but not stop at a race.
+const raceEnv = "GORACE=halt_on_error=0 exitcode=66 atexit_sleep_ms=0"
+
 var (
 	buildOnce sync.Once
 	buildPath string
@@ -99,6 +103,14 @@ func moduleRoot() string {
 	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
 }
 
+// Command is exec.Command for the flotilla binary (or another program) with
+// the environment test processes need.
+func Command(bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), raceEnv)
+	return cmd
+}
+
 // Options shape a cluster.
 type Options struct {
 	Nodes int // default 3
@@ -137,6 +149,9 @@ type Node struct {
 	Bin  string
 	// Expect is its --bootstrap-expect (0 for a node joining later).
 	Expect int
+	// TLSDir and GossipKey override the cluster's (for nodes of the wrong
+	// cluster).
+	TLSDir, GossipKey string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -164,7 +179,7 @@ func New(t testing.TB, opt Options) *Cluster {
 	for i := 1; i <= opt.Nodes+4; i++ { // certificates for nodes added later too
 		ids = append(ids, fmt.Sprintf("n%d", i))
 	}
-	if out, err := exec.Command(bin, "cluster", "tls-init", "--out", c.TLSDir, "--nodes", strings.Join(ids, ",")).CombinedOutput(); err != nil {
+	if out, err := Command(bin, "cluster", "tls-init", "--out", c.TLSDir, "--nodes", strings.Join(ids, ",")).CombinedOutput(); err != nil {
 		t.Fatalf("tls-init: %v: %s", err, out)
 	}
 	for i := 0; i < opt.Nodes; i++ {
@@ -238,13 +253,20 @@ func (n *Node) args() []string {
 			join = append(join, o.Addr(GossipPort))
 		}
 	}
+	tlsDir, gossipKey := c.TLSDir, c.GossipKey
+	if n.TLSDir != "" {
+		tlsDir = n.TLSDir
+	}
+	if n.GossipKey != "" {
+		gossipKey = n.GossipKey
+	}
 	args := []string{"serve",
 		"--node-id", n.ID, "--data-dir", n.DataDir, "--bind", n.IP,
 		"--join", strings.Join(join, ","),
-		"--cluster-ca", filepath.Join(c.TLSDir, "ca.pem"),
-		"--cluster-cert", filepath.Join(c.TLSDir, n.ID+".pem"),
-		"--cluster-key", filepath.Join(c.TLSDir, n.ID+"-key.pem"),
-		"--gossip-key", c.GossipKey, "--api-token", c.Token,
+		"--cluster-ca", filepath.Join(tlsDir, "ca.pem"),
+		"--cluster-cert", filepath.Join(tlsDir, n.ID+".pem"),
+		"--cluster-key", filepath.Join(tlsDir, n.ID+"-key.pem"),
+		"--gossip-key", gossipKey, "--api-token", c.Token,
 		"--cluster-port", fmt.Sprint(ClusterPort), "--gossip-port", fmt.Sprint(GossipPort),
 		"--http-port", fmt.Sprint(HTTPPort), "--https-port", "0",
 		"--smtp-port", fmt.Sprint(SMTPPort), "--submission-port", fmt.Sprint(SubmissionPort), "--smtps-port", fmt.Sprint(SMTPSPort),
@@ -282,9 +304,8 @@ func (n *Node) Start() {
 	if bin == "" {
 		bin = Binary(n.c.t)
 	}
-	cmd := exec.Command(bin, n.args()...)
+	cmd := Command(bin, n.args()...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=0 exitcode=66")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -418,6 +439,15 @@ func (c *Cluster) cleanup() {
 		}
 	}
 	if c.t.Failed() {
+		if dir := os.Getenv("FLOTILLA_TEST_LOGS"); dir != "" {
+			dst := filepath.Join(dir, strings.ReplaceAll(c.t.Name(), "/", "_"))
+			_ = os.MkdirAll(dst, 0o755)
+			for _, n := range c.Nodes {
+				if b, err := os.ReadFile(n.LogPath); err == nil {
+					_ = os.WriteFile(filepath.Join(dst, n.ID+".log"), b, 0o644)
+				}
+			}
+		}
 		for _, n := range c.Nodes {
 			c.t.Logf("---- log of %s (%s) ----\n%s", n.ID, n.LogPath, tail(n.Log(), 120))
 		}
@@ -446,6 +476,7 @@ func (n *Node) CLIInput(stdin string, args ...string) (stdout, stderr string, er
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append(args, "--data-dir", n.DataDir)...)
+	cmd.Env = append(os.Environ(), raceEnv)
 	var o, e bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &o, &e
 	err = cmd.Run()

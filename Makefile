@@ -1,0 +1,43 @@
+# Flotilla: the two commands that matter are `make run` and `make test`.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/flotilla-mail/flotilla/cluster.BuildVersion=$(VERSION)
+
+.PHONY: build run test test-short vet bench fuzz image cluster-up cluster-down clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/flotilla ./cmd/flotilla
+
+# A local three-node cluster of processes on 127.0.0.11-13, with a demo
+# domain and printed logins. Ctrl-C stops it.
+run: build
+	scripts/run-cluster.sh
+
+# Everything CI runs: vet, then every test with the race detector.
+test: vet
+	$(GO) test -race -count=1 -timeout 45m ./...
+
+test-short: vet
+	$(GO) test -count=1 -short ./...
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags flotilla_next ./...
+
+bench: build
+	scripts/bench.sh
+
+fuzz:
+	scripts/fuzz.sh
+
+image:
+	scripts/image.sh
+
+cluster-up:
+	scripts/cluster-up.sh
+
+cluster-down:
+	scripts/cluster-down.sh
+
+clean:
+	rm -rf bin flotilla-run

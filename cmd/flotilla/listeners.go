@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/flotilla-mail/flotilla/cluster"
+	"github.com/flotilla-mail/flotilla/mail/certs"
+)
+
+// mailEnv is what every protocol's listeners need.
+type mailEnv struct {
+	cfg      *config
+	node     *cluster.Node
+	log      *slog.Logger
+	tls      *certs.Loader
+	hostname string
+}
+
+// addr is the listening address of a port.
+func (e *mailEnv) addr(port int) string { return net.JoinHostPort(e.cfg.Bind, strconv.Itoa(port)) }
+
+// newMailEnv loads the listeners' TLS certificate: the configured pair, or a
+// self-signed one (logged as such) so that STARTTLS and implicit TLS work
+// out of the box.
+func newMailEnv(cfg *config, node *cluster.Node, log *slog.Logger) (*mailEnv, error) {
+	env := &mailEnv{cfg: cfg, node: node, log: log, hostname: cfg.Hostname}
+	if env.hostname == "" {
+		env.hostname, _ = os.Hostname()
+	}
+	var err error
+	if cfg.TLSCert != "" {
+		env.tls, err = certs.NewLoader(cfg.TLSCert, cfg.TLSKey, log)
+	} else {
+		if !cfg.Dev {
+			log.Warn("no --tls-cert given: the mail listeners use a self-signed certificate")
+		}
+		env.tls, err = certs.SelfSigned(filepath.Join(cfg.DataDir, "tls"), []string{env.hostname, cfg.Bind}, log)
+	}
+	return env, err
+}
+
+// starter starts one protocol's listeners and returns how to stop them: the
+// stop function refuses new work at once and waits for sessions until its
+// context ends, then closes what is left.
+type starter func(ctx context.Context, env *mailEnv) (stop func(context.Context), err error)
+
+// startMail starts every mail listener whose port is not 0.
+func startMail(ctx context.Context, env *mailEnv) (func(context.Context), error) {
+	var stops []func(context.Context)
+	stopAll := func(ctx context.Context) {
+		for _, s := range stops {
+			s(ctx)
+		}
+	}
+	for _, start := range []starter{startSMTP, startPOP3, startIMAP} {
+		stop, err := start(ctx, env)
+		if err != nil {
+			stopAll(ctx)
+			return nil, err
+		}
+		stops = append(stops, stop)
+	}
+	return stopAll, nil
+}
