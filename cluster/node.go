@@ -139,11 +139,11 @@ type Node struct {
 	readyTerm atomic.Uint64
 	// snapshotBad: the newest snapshot failed its checksum at start.
 	snapshotBad atomic.Bool
-	fatal     chan error
-	fatalOnce sync.Once
-	stop      context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	fatal       chan error
+	fatalOnce   sync.Once
+	stop        context.CancelFunc
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
 }
 
 // New opens a node's data dir and checks that it belongs to this node and

@@ -40,11 +40,11 @@ func serveErr(t *testing.T, args ...string) string {
 func TestMalformedConfigIsRefusedClearly(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct{ file, want string }{
-		"syntax":      {"node_id = \"n1\"\nsmtp_port = = 25\n", "line 2"},
-		"unknown key": {"node_id = \"n1\"\nsmpt_port = 25\n", "unknown setting smpt_port"},
-		"wrong type":  {"smtp_port = \"twenty-five\"\n", "smtp_port"},
-		"bad port":    {"smtp_port = 70000\n", "not a port"},
-		"bad gossip":  {"gossip_key = \"short\"\n", "gossip-key"},
+		"syntax":       {"node_id = \"n1\"\nsmtp_port = = 25\n", "line 2"},
+		"unknown key":  {"node_id = \"n1\"\nsmpt_port = 25\n", "unknown setting smpt_port"},
+		"wrong type":   {"smtp_port = \"twenty-five\"\n", "smtp_port"},
+		"bad port":     {"smtp_port = 70000\n", "not a port"},
+		"bad gossip":   {"gossip_key = \"short\"\n", "gossip-key"},
 		"bad duration": {"dead_server_grace = \"soon\"\n", "dead_server_grace"},
 	}
 	for name, tc := range cases {

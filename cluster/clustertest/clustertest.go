@@ -117,4 +117,3 @@ func AddUser(t testing.TB, n *cluster.Node, address string, secrets storage.Secr
 	}
 	return u
 }
-
