@@ -178,7 +178,14 @@ func (f *fsm) applyCommand(tx *storage.Tx, index uint64, cmd command.Command) co
 		f.mu.Unlock()
 		return command.Response{Digest: sum[:]}
 	default:
-		err = applyExtra(tx, cmd)
+		resp, ok, err := applyMailbox(tx, cmd)
+		if !ok {
+			err = applyExtra(tx, cmd)
+		}
+		if err != nil {
+			return command.Fail(err)
+		}
+		return resp
 	}
 	if err != nil {
 		return command.Fail(err)
@@ -199,7 +206,7 @@ func applyDeliver(tx *storage.Tx, c *command.Deliver) ([]uint64, error) {
 			name = "INBOX"
 		}
 		mb, err := tx.Mailbox(t.UserID, name)
-		if errors.Is(err, storage.ErrNotFound) && name != "INBOX" {
+		if errors.Is(err, storage.ErrNotFound) && name != "INBOX" && !t.Exact {
 			mb, err = tx.Mailbox(t.UserID, "INBOX")
 		}
 		if err != nil {

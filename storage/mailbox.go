@@ -73,8 +73,10 @@ func (tx *Tx) CreateMailbox(userID uint64, name, specialUse string) (Mailbox, er
 	if _, err := tx.tx.Bucket(bMessages).CreateBucket(u64(id)); err != nil {
 		return Mailbox{}, fmt.Errorf("mailbox %s: %w", name, err)
 	}
-	if _, err := tx.tx.Bucket(bModSeqs).CreateBucket(u64(id)); err != nil {
-		return Mailbox{}, fmt.Errorf("mailbox %s: %w", name, err)
+	for _, b := range [][]byte{bModSeqs, bUIDs} {
+		if _, err := tx.tx.Bucket(b).CreateBucket(u64(id)); err != nil {
+			return Mailbox{}, fmt.Errorf("mailbox %s: %w", name, err)
+		}
 	}
 	tx.emit(Event{Kind: MailboxCreated, UserID: userID, MailboxID: id})
 	return mb, nil
@@ -140,9 +142,11 @@ func (tx *Tx) dropMailbox(mb Mailbox) error {
 			return err
 		}
 	}
-	if tx.tx.Bucket(bModSeqs).Bucket(u64(mb.ID)) != nil {
-		if err := tx.tx.Bucket(bModSeqs).DeleteBucket(u64(mb.ID)); err != nil {
-			return err
+	for _, b := range [][]byte{bModSeqs, bUIDs} {
+		if tx.tx.Bucket(b).Bucket(u64(mb.ID)) != nil {
+			if err := tx.tx.Bucket(b).DeleteBucket(u64(mb.ID)); err != nil {
+				return err
+			}
 		}
 	}
 	if err := tx.tx.Bucket(bMbNames).Delete(mbNameKey(mb.UserID, mb.Name)); err != nil {
@@ -185,6 +189,9 @@ func (tx *Tx) AppendMessage(mailboxID uint64, m Message, enforceQuota bool) (Mes
 		return Message{}, err
 	}
 	if err := tx.tx.Bucket(bModSeqs).Bucket(u64(mailboxID)).Put(append(u64(m.ModSeq), u32(m.UID)...), nil); err != nil {
+		return Message{}, err
+	}
+	if err := tx.tx.Bucket(bUIDs).Bucket(u64(mailboxID)).Put(u32(m.UID), nil); err != nil {
 		return Message{}, err
 	}
 	if err := tx.ref(m.Blob, 1); err != nil {
@@ -254,4 +261,97 @@ func (tx *Tx) Messages(mailboxID uint64, from uint32, fn func(Message) bool) err
 		}
 	}
 	return nil
+}
+
+// DeleteMailbox removes a user's mailbox and its messages. INBOX cannot be
+// deleted. Child mailboxes are kept: the hierarchy is only names.
+func (tx *Tx) DeleteMailbox(userID uint64, name string) error {
+	mb, err := tx.Mailbox(userID, name)
+	if err != nil {
+		return err
+	}
+	if mb.Name == "INBOX" {
+		return fmt.Errorf("%w: INBOX cannot be deleted", ErrInvalid)
+	}
+	return tx.dropMailbox(mb)
+}
+
+// RenameMailbox renames a mailbox and its children, keeping their IDs and
+// UIDVALIDITY. Renaming INBOX moves its messages into a new mailbox and
+// leaves INBOX empty, as RFC 3501 says.
+func (tx *Tx) RenameMailbox(userID uint64, from, to string) error {
+	src, err := tx.Mailbox(userID, from)
+	if err != nil {
+		return err
+	}
+	to, err = NormalizeMailboxName(to)
+	if err != nil {
+		return err
+	}
+	if to == "INBOX" || strings.HasPrefix(to, src.Name+Separator) {
+		return fmt.Errorf("%w: cannot rename %s to %s", ErrInvalid, src.Name, to)
+	}
+	if _, err := tx.Mailbox(userID, to); err == nil {
+		return fmt.Errorf("mailbox %s: %w", to, ErrExists)
+	}
+	if src.Name == "INBOX" {
+		dst, err := tx.CreateMailbox(userID, to, "")
+		if err != nil {
+			return err
+		}
+		uids, err := tx.UIDs(src.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CopyMessages(src.ID, dst.ID, uids, false); err != nil {
+			return err
+		}
+		_, err = tx.Expunge(src.ID, uids)
+		return err
+	}
+	all, err := tx.Mailboxes(userID)
+	if err != nil {
+		return err
+	}
+	for _, mb := range all {
+		var newName string
+		switch {
+		case mb.ID == src.ID:
+			newName = to
+		case strings.HasPrefix(mb.Name, src.Name+Separator):
+			newName = to + mb.Name[len(src.Name):]
+		default:
+			continue
+		}
+		if _, err := tx.Mailbox(userID, newName); err == nil {
+			return fmt.Errorf("mailbox %s: %w", newName, ErrExists)
+		}
+		names := tx.tx.Bucket(bMbNames)
+		if err := names.Delete(mbNameKey(userID, mb.Name)); err != nil {
+			return err
+		}
+		if err := names.Put(mbNameKey(userID, newName), u64(mb.ID)); err != nil {
+			return err
+		}
+		mb.Name = newName
+		if err := tx.putMailbox(mb); err != nil {
+			return err
+		}
+		tx.emit(Event{Kind: MailboxRenamed, UserID: userID, MailboxID: mb.ID})
+	}
+	return nil
+}
+
+// SetSubscribed subscribes or unsubscribes a mailbox.
+func (tx *Tx) SetSubscribed(userID uint64, name string, on bool) error {
+	mb, err := tx.Mailbox(userID, name)
+	if err != nil {
+		return err
+	}
+	if mb.Subscribed == on {
+		return nil
+	}
+	mb.Subscribed = on
+	tx.emit(Event{Kind: MailboxRenamed, UserID: userID, MailboxID: mb.ID})
+	return tx.putMailbox(mb)
 }

@@ -26,6 +26,7 @@ var (
 	ErrExists   = errors.New("already exists")
 	ErrInvalid  = errors.New("invalid")
 	ErrQuota    = errors.New("quota exceeded")
+	ErrLocked   = errors.New("locked")
 )
 
 // Bucket names. Part of the on-disk format.
@@ -39,6 +40,7 @@ var (
 	bMbNames   = []byte("mbnames")
 	bMessages  = []byte("messages") // nested: mailbox id -> uid -> Message
 	bModSeqs   = []byte("modseqs")  // nested: mailbox id -> modseq|uid -> nil
+	bUIDs      = []byte("uids")     // nested: mailbox id -> uid -> nil (compact, for sequence maps)
 	bBlobs     = []byte("blobs")    // hash -> zstd body (local, not in digest or snapshot)
 	bRefs      = []byte("refs")     // hash -> reference count
 	bBlobGC    = []byte("blobgc")   // hash -> sequence at which it became unreferenced (local)
@@ -51,7 +53,7 @@ var (
 	// replicated lists the buckets that are the replicated state: equal on
 	// every node at the same index, carried by snapshots, hashed by Digest.
 	replicated = [][]byte{bMeta, bDomains, bUsers, bUserIDs, bAliases, bMailboxes, bMbNames,
-		bMessages, bModSeqs, bRefs, bQueue, bRequests, bReqTimes, bSettings}
+		bMessages, bModSeqs, bUIDs, bRefs, bQueue, bRequests, bReqTimes, bSettings, bPopLocks}
 	local = [][]byte{bBlobs, bBlobGC, bLocal}
 
 	kApplied   = []byte("applied")   // last applied sequence; meta, not hashed
@@ -266,3 +268,6 @@ func u32(v uint32) []byte {
 	binary.BigEndian.PutUint32(b[:], v)
 	return b[:]
 }
+
+func beU32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }
+func beU64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }

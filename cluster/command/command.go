@@ -34,6 +34,15 @@ const (
 	TypeDigest       Type = 10
 	TypeSetQuota     Type = 11
 	TypeSetSetting   Type = 12
+	TypeSetFlags     Type = 13
+	TypeExpunge      Type = 14
+	TypeCopy         Type = 15
+	TypeCreateMbox   Type = 16
+	TypeDeleteMbox   Type = 17
+	TypeRenameMbox   Type = 18
+	TypeSubscribe    Type = 19
+	TypePopLock      Type = 20
+	TypePopUnlock    Type = 21
 )
 
 // Command is one replicated change.
@@ -69,6 +78,15 @@ var specs = map[Type]Spec{
 	TypeDigest:       {"digest", 1, true, func() Command { return &Digest{} }},
 	TypeSetQuota:     {"set-quota", 1, false, func() Command { return &SetQuota{} }},
 	TypeSetSetting:   {"set-setting", 1, false, func() Command { return &SetSetting{} }},
+	TypeSetFlags:     {"set-flags", 1, false, func() Command { return &SetFlags{} }},
+	TypeExpunge:      {"expunge", 1, false, func() Command { return &Expunge{} }},
+	TypeCopy:         {"copy", 1, false, func() Command { return &Copy{} }},
+	TypeCreateMbox:   {"create-mailbox", 1, false, func() Command { return &CreateMailbox{} }},
+	TypeDeleteMbox:   {"delete-mailbox", 1, false, func() Command { return &DeleteMailbox{} }},
+	TypeRenameMbox:   {"rename-mailbox", 1, false, func() Command { return &RenameMailbox{} }},
+	TypeSubscribe:    {"subscribe", 1, false, func() Command { return &Subscribe{} }},
+	TypePopLock:      {"pop-lock", 1, false, func() Command { return &PopLock{} }},
+	TypePopUnlock:    {"pop-unlock", 1, false, func() Command { return &PopUnlock{} }},
 }
 
 // Version is the highest command version this build understands.

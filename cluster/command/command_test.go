@@ -38,6 +38,15 @@ func samples() []Command {
 		&Digest{Nonce: 42},
 		&SetQuota{Address: "alice@example.org", QuotaBytes: 1000},
 		&SetSetting{Key: "relay.mode", Value: []byte("local-users")},
+		&SetFlags{UserID: 7, MailboxID: 3, UIDs: []uint32{1, 5, 9}, Op: storage.FlagsAdd, Flags: []string{`\Seen`, "$Label1"}, UnchangedSince: 44},
+		&Expunge{UserID: 7, MailboxID: 3, UIDs: []uint32{2, 3}},
+		&Copy{UserID: 7, From: 3, To: 4, UIDs: []uint32{1, 2}, Move: true},
+		&CreateMailbox{UserID: 7, Name: "Lists/Go", SpecialUse: `\Archive`},
+		&DeleteMailbox{UserID: 7, Name: "Old"},
+		&RenameMailbox{UserID: 7, From: "Old", To: "New"},
+		&Subscribe{UserID: 7, Name: "Lists/Go", On: true},
+		&PopLock{UserID: 7, Node: "n2", Token: 99, Until: 1700000100},
+		&PopUnlock{UserID: 7, Token: 99},
 	}
 }
 

@@ -19,6 +19,7 @@ const (
 	CodeQuota
 	CodeSkipped // a skippable type this node does not know
 	CodeInternal
+	CodeLocked
 )
 
 var codeErrs = map[Code]error{
@@ -26,6 +27,7 @@ var codeErrs = map[Code]error{
 	CodeExists:   storage.ErrExists,
 	CodeInvalid:  storage.ErrInvalid,
 	CodeQuota:    storage.ErrQuota,
+	CodeLocked:   storage.ErrLocked,
 }
 
 // Response is the typed result of applying a command, the same on every node.
@@ -34,6 +36,7 @@ type Response struct {
 	Message string   // for a failure: what was wrong, for people
 	IDs     []uint64 // assigned identifiers, in the order the command asked
 	Digest  []byte
+	Failed  []uint64 // items the command could not apply (e.g. CONDSTORE MODIFIED)
 }
 
 // Err turns a failed response into an error that matches the storage
@@ -75,6 +78,9 @@ func (r Response) Marshal() []byte {
 		e.Message(3, func(m *codec.Encoder) { m.Uint(1, id) })
 	}
 	e.Blob(4, r.Digest)
+	for _, id := range r.Failed {
+		e.Message(5, func(m *codec.Encoder) { m.Uint(1, id) })
+	}
 	return e.Bytes()
 }
 
@@ -97,6 +103,14 @@ func UnmarshalResponse(b []byte) (Response, error) {
 			r.IDs = append(r.IDs, id)
 		case 4:
 			r.Digest = f.Copy()
+		case 5:
+			var id uint64
+			f.Message(func(g codec.Field) {
+				if g.Num == 1 {
+					id = g.Uint()
+				}
+			})
+			r.Failed = append(r.Failed, id)
 		}
 	})
 	return r, err

@@ -185,6 +185,9 @@ type Target struct {
 	Flags   []string
 	// EnforceQuota refuses the target if the user is over quota at apply time.
 	EnforceQuota bool
+	// Exact refuses the target if the mailbox is missing (IMAP APPEND)
+	// instead of falling back to INBOX (delivery).
+	Exact bool
 }
 
 // Deliver stores one message: its body once, a record in every target
@@ -216,6 +219,7 @@ func (c *Deliver) encode(e *codec.Encoder) {
 			m.Blob(3, t.Prefix)
 			m.Strings(4, t.Flags)
 			m.Bool(5, t.EnforceQuota)
+			m.Bool(6, t.Exact)
 		})
 	}
 	for _, r := range c.Queue {
@@ -255,6 +259,8 @@ func (c *Deliver) decode(f codec.Field) {
 				t.Flags = append(t.Flags, g.String())
 			case 5:
 				t.EnforceQuota = g.Bool()
+			case 6:
+				t.Exact = g.Bool()
 			}
 		})
 		c.Targets = append(c.Targets, t)
