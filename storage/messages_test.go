@@ -175,23 +175,33 @@ func TestPopLockLease(t *testing.T) {
 			return fn(tx)
 		})
 	}
-	if err := at(2, 100, func(tx *Tx) error { return tx.AcquirePopLock(u.ID, PopLock{Node: "n1", Token: 1, Until: time.Unix(160, 0).UnixNano()}) }); err != nil {
+	if err := at(2, 100, func(tx *Tx) error {
+		return tx.AcquirePopLock(u.ID, PopLock{Node: "n1", Token: 1, Until: time.Unix(160, 0).UnixNano()})
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := at(3, 120, func(tx *Tx) error { return tx.AcquirePopLock(u.ID, PopLock{Node: "n2", Token: 2, Until: time.Unix(180, 0).UnixNano()}) }); !errors.Is(err, ErrLocked) {
+	if err := at(3, 120, func(tx *Tx) error {
+		return tx.AcquirePopLock(u.ID, PopLock{Node: "n2", Token: 2, Until: time.Unix(180, 0).UnixNano()})
+	}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second session: %v", err)
 	}
 	// The holder renews; after the lease lapses another session takes it.
-	if err := at(4, 150, func(tx *Tx) error { return tx.AcquirePopLock(u.ID, PopLock{Node: "n1", Token: 1, Until: time.Unix(200, 0).UnixNano()}) }); err != nil {
+	if err := at(4, 150, func(tx *Tx) error {
+		return tx.AcquirePopLock(u.ID, PopLock{Node: "n1", Token: 1, Until: time.Unix(200, 0).UnixNano()})
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := at(5, 201, func(tx *Tx) error { return tx.AcquirePopLock(u.ID, PopLock{Node: "n2", Token: 2, Until: time.Unix(260, 0).UnixNano()}) }); err != nil {
+	if err := at(5, 201, func(tx *Tx) error {
+		return tx.AcquirePopLock(u.ID, PopLock{Node: "n2", Token: 2, Until: time.Unix(260, 0).UnixNano()})
+	}); err != nil {
 		t.Fatalf("after lapse: %v", err)
 	}
 	if err := at(6, 210, func(tx *Tx) error { return tx.ReleasePopLock(u.ID, 2) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := at(7, 211, func(tx *Tx) error { return tx.AcquirePopLock(u.ID, PopLock{Node: "n3", Token: 3, Until: time.Unix(260, 0).UnixNano()}) }); err != nil {
+	if err := at(7, 211, func(tx *Tx) error {
+		return tx.AcquirePopLock(u.ID, PopLock{Node: "n3", Token: 3, Until: time.Unix(260, 0).UnixNano()})
+	}); err != nil {
 		t.Fatalf("after release: %v", err)
 	}
 }
