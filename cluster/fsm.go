@@ -29,6 +29,11 @@ type fsm struct {
 	fatal   func(error)       // the node cannot go on applying
 
 	applied atomic.Uint64
+
+	// committed, if set, learns of every batch before it is applied: Raft
+	// hands the FSM only committed entries (see commitTracker).
+	committed func([]*raft.Log)
+
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every batch
 	digests map[uint64][]byte
@@ -52,6 +57,9 @@ func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l
 // the last index in the same transaction. Entries at or below the recorded
 // index were applied before a restart and are skipped.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
+	if f.committed != nil {
+		f.committed(logs)
+	}
 	start := time.Now()
 	resps := make([]interface{}, len(logs))
 	var fail error

@@ -49,6 +49,10 @@ type membership struct {
 	mu      sync.Mutex
 	self    nodeMeta
 	members map[string]*member
+	// the cluster's lowest command version, recomputed at most once a second
+	minV   int
+	minWho string
+	minAt  time.Time
 }
 
 func newMembership(n *Node) (*membership, error) {
@@ -197,6 +201,20 @@ func (m *membership) snapshot() map[string]member {
 // minCommandVersion is the lowest command version among the voters, and who
 // has it. A voter never heard of counts as version 1.
 func (m *membership) minCommandVersion() (int, string) {
+	m.mu.Lock()
+	if time.Since(m.minAt) < time.Second {
+		defer m.mu.Unlock()
+		return m.minV, m.minWho
+	}
+	m.mu.Unlock()
+	v, who := m.computeMinVersion()
+	m.mu.Lock()
+	m.minV, m.minWho, m.minAt = v, who, time.Now()
+	m.mu.Unlock()
+	return v, who
+}
+
+func (m *membership) computeMinVersion() (int, string) {
 	v, who := command.Version(), m.n.cfg.NodeID
 	members := m.snapshot()
 	for id, s := range m.n.servers() {

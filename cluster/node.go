@@ -124,6 +124,7 @@ type Node struct {
 	logStore *raftboltdb.BoltStore
 	snaps    *raft.FileSnapshotStore
 	fsm      *fsm
+	commits  *commitTracker
 	metrics  *metrics
 	mux      *mux
 	trans    *raft.NetworkTransport
@@ -187,6 +188,8 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.fsm.fetch = n.fetchBlobs
+	n.commits = newCommitTracker(n.logStore, func() *raft.Raft { return n.raft })
+	n.fsm.committed = n.commits.applying
 	ok = true
 	return n, nil
 }
@@ -291,7 +294,8 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	if n.raft, err = raft.NewRaft(rc, n.fsm, n.logStore, n.logStore, n.snaps, n.trans); err != nil {
+	logs := trackingLogStore{LogStore: n.logStore, t: n.commits}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
 	bg, cancel := context.WithCancel(context.Background())
@@ -299,7 +303,8 @@ func (n *Node) Start(ctx context.Context) error {
 	if n.members, err = newMembership(n); err != nil {
 		return err
 	}
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go func() { defer n.wg.Done(); n.commits.run(bg) }()
 	go func() { defer n.wg.Done(); n.members.joinLoop(bg) }()
 	go func() { defer n.wg.Done(); n.bootstrapLoop(bg) }()
 	go func() { defer n.wg.Done(); n.leaderLoop(bg) }()
@@ -359,22 +364,15 @@ func (n *Node) closeStores() {
 // response and log index; a failed command's error matches the storage
 // sentinels. A command kind is proposed only when every voter knows it.
 func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response, uint64, error) {
-	spec, ok := command.Lookup(c.Type())
-	if !ok {
-		return command.Response{}, 0, fmt.Errorf("propose: unknown command type %d", c.Type())
-	}
-	if v, who := n.members.minCommandVersion(); spec.Version > v {
-		return command.Response{}, 0, fmt.Errorf("%w: %s needs command version %d, node %s understands %d: upgrade every node first",
-			ErrNotSupported, spec.Name, spec.Version, who, v)
+	if _, err := n.checkVersion(c); err != nil {
+		return command.Response{}, 0, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, n.cfg.WriteTimeout)
 		defer cancel()
 	}
-	var req storage.RequestID
-	_, _ = rand.Read(req[:])
-	entry := command.Encode(c, req, time.Now())
+	entry := newEntry(c)
 	start := time.Now()
 	idx, resp, err := n.submit(ctx, entry)
 	if err != nil {
@@ -387,12 +385,55 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	return resp, idx, resp.Err()
 }
 
+// ProposeCommitted replicates a command and returns as soon as it is
+// committed: stored (fsynced) on a majority, not yet applied anywhere. That
+// is the durability an SMTP 250 promises, one fsync sooner than Propose;
+// the command's response is not known, so it suits writes whose outcome the
+// caller does not read (a delivery). It returns the entry's index.
+func (n *Node) ProposeCommitted(ctx context.Context, c command.Command) (uint64, error) {
+	if _, err := n.checkVersion(c); err != nil {
+		return 0, err
+	}
+	entry := newEntry(c)
+	start := time.Now()
+	idx, _, err := n.submitWith(ctx, entry, true)
+	if err == nil {
+		n.metrics.commitLatency.Observe(time.Since(start).Seconds())
+	}
+	return idx, err
+}
+
+func (n *Node) checkVersion(c command.Command) (command.Spec, error) {
+	spec, ok := command.Lookup(c.Type())
+	if !ok {
+		return spec, fmt.Errorf("propose: unknown command type %d", c.Type())
+	}
+	if v, who := n.members.minCommandVersion(); spec.Version > v {
+		return spec, fmt.Errorf("%w: %s needs command version %d, node %s understands %d: upgrade every node first",
+			ErrNotSupported, spec.Name, spec.Version, who, v)
+	}
+	return spec, nil
+}
+
+// newEntry encodes a command as a log entry with a fresh request ID.
+func newEntry(c command.Command) []byte {
+	now := time.Now()
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return command.Encode(c, storage.NewRequestID(now, r[:]), now)
+}
+
 var errNotLeader = errors.New("not the leader")
 
 // submit gets an entry committed through whichever node leads, retrying as
 // leadership moves. Retries resend the same entry (same request ID), which the
 // state machine applies at most once.
 func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Response, error) {
+	return n.submitWith(ctx, entry, false)
+}
+
+// submitWith is submit; with commitOnly it returns at commit, with no response.
+func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (uint64, command.Response, error) {
 	backoff := 5 * time.Millisecond
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
 	defer cancel()
@@ -404,9 +445,13 @@ func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Respon
 			err  error
 		)
 		if n.raft.State() == raft.Leader {
-			idx, resp, err = n.applyAsLeader(ctx, entry)
+			if commitOnly {
+				idx, err = n.commitAsLeader(ctx, entry)
+			} else {
+				idx, resp, err = n.applyAsLeader(ctx, entry)
+			}
 		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
-			idx, resp, err = n.forward(ctx, string(addr), entry)
+			idx, resp, err = n.forward(ctx, string(addr), entry, commitOnly)
 			n.metrics.forwarded.Inc()
 		} else {
 			err = errNotLeader
@@ -441,6 +486,33 @@ func (n *Node) applyAsLeader(ctx context.Context, entry []byte) (uint64, command
 	}
 	resp, _ := f.Response().(command.Response)
 	return f.Index(), resp, nil
+}
+
+// commitAsLeader appends an entry and waits for its commit, not its apply.
+func (n *Node) commitAsLeader(ctx context.Context, entry []byte) (uint64, error) {
+	env, err := command.Open(entry)
+	if err != nil {
+		return 0, err
+	}
+	committed, cancel := n.commits.await(env.Request)
+	defer cancel()
+	f := n.raft.Apply(entry, time.Until(deadline(ctx)))
+	failed := make(chan error, 1)
+	go func() {
+		if err := f.Error(); err != nil {
+			failed <- err
+		}
+	}()
+	select {
+	case idx := <-committed:
+		return idx, nil
+	case err := <-failed:
+		// The entry may still commit under the next leader; the caller
+		// retries it, and the state machine applies it at most once.
+		return 0, err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 }
 
 func deadline(ctx context.Context) time.Time {

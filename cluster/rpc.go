@@ -50,6 +50,15 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not the leader", http.StatusMisdirectedRequest)
 		return
 	}
+	if r.URL.Query().Get("commit") != "" {
+		idx, err := n.commitAsLeader(r.Context(), entry)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set(headerIndex, strconv.FormatUint(idx, 10))
+		return
+	}
 	idx, resp, err := n.applyAsLeader(r.Context(), entry)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -61,8 +70,12 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 
 // forward sends an entry to the leader. A lost reply is retried by the
 // caller with the same entry, which the state machine deduplicates.
-func (n *Node) forward(ctx context.Context, leader string, entry []byte) (uint64, command.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+leader+"/internal/apply", bytes.NewReader(entry))
+func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool) (uint64, command.Response, error) {
+	url := "https://" + leader + "/internal/apply"
+	if commitOnly {
+		url += "?commit=1"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(entry))
 	if err != nil {
 		return 0, command.Response{}, err
 	}
@@ -81,6 +94,9 @@ func (n *Node) forward(ctx context.Context, leader string, entry []byte) (uint64
 	idx, err := strconv.ParseUint(res.Header.Get(headerIndex), 10, 64)
 	if err != nil {
 		return 0, command.Response{}, fmt.Errorf("leader %s: bad index", leader)
+	}
+	if commitOnly {
+		return idx, command.Response{}, nil
 	}
 	resp, err := command.UnmarshalResponse(body)
 	return idx, resp, err

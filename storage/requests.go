@@ -2,14 +2,25 @@ package storage
 
 import (
 	"encoding/binary"
+	"time"
 )
 
 // Every replicated write carries a request ID. The response to each is kept
 // for a while, so that a write retried after a lost reply (a forwarded write
 // whose answer never came back) is answered again instead of applied twice.
+// IDs begin with the proposer's clock, so the bucket grows at its end (one
+// page written per batch, not one per write) and is pruned from its start.
 
-// RequestID identifies one write.
+// RequestID identifies one write: 8 bytes of unix nanoseconds, 8 random.
 type RequestID [16]byte
+
+// NewRequestID makes an ID stamped with now; random must be 8 random bytes.
+func NewRequestID(now time.Time, random []byte) RequestID {
+	var id RequestID
+	binary.BigEndian.PutUint64(id[:8], uint64(now.UnixNano()))
+	copy(id[8:], random)
+	return id
+}
 
 // Request returns the stored response of a write already applied.
 func (tx *Tx) Request(id RequestID) ([]byte, bool) {
@@ -17,28 +28,21 @@ func (tx *Tx) Request(id RequestID) ([]byte, bool) {
 	if v == nil {
 		return nil, false
 	}
-	return append([]byte(nil), v[8:]...), true
+	return append([]byte(nil), v...), true
 }
 
-// PutRequest records the response of a write, stamped with the clock.
+// PutRequest records the response of a write.
 func (tx *Tx) PutRequest(id RequestID, response []byte) error {
-	v := append(u64(uint64(tx.now)), response...)
-	if err := tx.tx.Bucket(bRequests).Put(id[:], v); err != nil {
-		return err
-	}
-	return tx.tx.Bucket(bReqTimes).Put(append(u64(uint64(tx.now)), id[:]...), nil)
+	return tx.tx.Bucket(bRequests).Put(id[:], response)
 }
 
-// PruneRequests forgets responses recorded before the given time (unix
-// nanoseconds, from the replicated clock, so every node forgets the same).
+// PruneRequests forgets responses of writes stamped before the given time
+// (unix nanoseconds, from the log, so every node forgets the same).
 func (tx *Tx) PruneRequests(before int64) error {
-	times, reqs := tx.tx.Bucket(bReqTimes), tx.tx.Bucket(bRequests)
-	c := times.Cursor()
+	reqs := tx.tx.Bucket(bRequests)
+	c := reqs.Cursor()
 	for k, _ := c.First(); k != nil && int64(binary.BigEndian.Uint64(k[:8])) < before; k, _ = c.First() {
-		if err := reqs.Delete(k[8:]); err != nil {
-			return err
-		}
-		if err := times.Delete(k); err != nil {
+		if err := reqs.Delete(k); err != nil {
 			return err
 		}
 	}

@@ -46,14 +46,13 @@ var (
 	bBlobGC    = []byte("blobgc")   // hash -> sequence at which it became unreferenced (local)
 	bLocal     = []byte("local")    // counters of this node's copy (local)
 	bQueue     = []byte("queue")
-	bRequests  = []byte("requests") // request id -> time|response
-	bReqTimes  = []byte("reqtimes") // time|request id -> nil
+	bRequests  = []byte("requests") // request id (time-ordered) -> response
 	bSettings  = []byte("settings")
 
 	// replicated lists the buckets that are the replicated state: equal on
 	// every node at the same index, carried by snapshots, hashed by Digest.
 	replicated = [][]byte{bMeta, bDomains, bUsers, bUserIDs, bAliases, bMailboxes, bMbNames,
-		bMessages, bModSeqs, bUIDs, bRefs, bQueue, bRequests, bReqTimes, bSettings, bPopLocks}
+		bMessages, bModSeqs, bUIDs, bRefs, bQueue, bRequests, bSettings, bPopLocks}
 	local = [][]byte{bBlobs, bBlobGC, bLocal}
 
 	kApplied   = []byte("applied")   // last applied sequence; meta, not hashed

@@ -270,7 +270,7 @@ func flip(b []byte, i int) []byte {
 
 func TestRequests(t *testing.T) {
 	s := openTest(t)
-	id := RequestID{1, 2, 3}
+	id := NewRequestID(time.Unix(1700000000, 5), []byte{1, 2, 3, 4, 5, 6, 7, 8})
 	write(t, s, 1, func(tx *Tx) error { return tx.PutRequest(id, []byte("resp")) })
 	_ = s.View(func(tx *Tx) error {
 		if r, ok := tx.Request(id); !ok || string(r) != "resp" {

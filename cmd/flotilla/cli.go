@@ -142,7 +142,7 @@ func usageErr(stderr io.Writer, msg string) error {
 
 func (c *cli) cluster(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usageErr(c.stderr, "cluster: status, verify, transfer-leadership, remove, tls-init or upgrade-check")
+		return usageErr(c.stderr, "cluster: status, verify, snapshot, transfer-leadership, remove, tls-init or upgrade-check")
 	}
 	if args[0] == "tls-init" {
 		return c.tlsInit(args[1:])
@@ -206,6 +206,17 @@ func (c *cli) cluster(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "leader is now %s\n", orDash(st.Leader))
+		return nil
+	case "snapshot":
+		var rep cluster.SnapshotReport
+		if err := cn.do(ctx, "POST", "/v1/cluster/snapshot", struct{}{}, &rep); err != nil {
+			return err
+		}
+		if cn.json {
+			c.printJSON(rep)
+		} else {
+			fmt.Fprintf(c.stdout, "snapshot at index %d: %d bytes in %s\n", rep.Index, rep.Bytes, rep.Duration)
+		}
 		return nil
 	case "remove":
 		if len(pos) != 1 {

@@ -15,7 +15,7 @@ const usage = `flotilla: a clustered, highly available mail server
 
 Usage:
   flotilla serve [flags]                 run a node (flotilla serve --dev for a demo)
-  flotilla cluster status|verify|transfer-leadership|remove|upgrade-check
+  flotilla cluster status|verify|snapshot|transfer-leadership|remove|upgrade-check
   flotilla cluster tls-init --out DIR --nodes n1,n2,n3 [--hosts ip,...]
   flotilla domain add|list|remove
   flotilla user add|list|passwd|remove|mailboxes|import

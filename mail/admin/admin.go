@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -61,6 +62,7 @@ func (s *Server) Handler(socket bool) http.Handler {
 	route("POST /v1/cluster/verify", s.clusterVerify)
 	route("POST /v1/cluster/transfer-leadership", s.transferLeadership)
 	route("POST /v1/cluster/remove", s.removeNode)
+	route("POST /v1/cluster/snapshot", func(r *http.Request) (any, error) { return s.Node.Snapshot() })
 	route("GET /v1/domains", s.listDomains)
 	route("POST /v1/domains", s.addDomain)
 	route("DELETE /v1/domains/{name}", s.removeDomain)
@@ -80,6 +82,18 @@ func (s *Server) Handler(socket bool) http.Handler {
 	route("GET /v1/queue", s.listQueue)
 	extraRoutes(s, route)
 	mux.Handle("GET /metrics", s.Node.Metrics())
+	profile := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !socket && !s.authorized(r) {
+				writeError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /debug/pprof/", profile(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", profile(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/trace", profile(pprof.Trace))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := s.Node.Status(r.Context())
 		if st.Leader == "" {

@@ -3,6 +3,7 @@ package admin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -136,20 +137,35 @@ func (s *Server) importMessage(r *http.Request) (any, error) {
 	}
 	var userID uint64
 	mailbox := r.URL.Query().Get("mailbox")
-	err = s.read(r, func(tx *storage.Tx) error {
+	lookup := func(tx *storage.Tx) error {
 		u, err := tx.User(r.PathValue("address"))
 		userID = u.ID
 		if err == nil && mailbox != "" {
 			_, err = tx.Mailbox(u.ID, mailbox)
 		}
 		return err
-	})
-	if err != nil {
+	}
+	// The local state first; only a miss (a user just created through
+	// another node) needs a linearizable read.
+	if err := s.Node.Store().View(lookup); errors.Is(err, storage.ErrNotFound) {
+		err = s.read(r, lookup)
+		if err != nil {
+			return nil, err
+		}
+	} else if err != nil {
 		return nil, err
 	}
 	hash, z := s.Node.Store().Compress(body)
-	resp, err := s.propose(r, &command.Deliver{Blob: hash, Body: z, BodySize: int64(len(body)),
-		InternalDate: time.Now().UnixNano(), Targets: []command.Target{{UserID: userID, Mailbox: mailbox}}})
+	deliver := &command.Deliver{Blob: hash, Body: z, BodySize: int64(len(body)),
+		InternalDate: time.Now().UnixNano(), Targets: []command.Target{{UserID: userID, Mailbox: mailbox}}}
+	if r.URL.Query().Get("wait") == "commit" {
+		// Answer once the message is durable on a majority, as SMTP does.
+		idx, err := s.Node.ProposeCommitted(r.Context(), deliver)
+		return struct {
+			Index uint64 `json:"index"`
+		}{idx}, err
+	}
+	resp, err := s.propose(r, deliver)
 	if err != nil {
 		return nil, err
 	}

@@ -25,11 +25,24 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/flotilla-mail/flotilla/cluster"
 )
+
+// T is what the harness needs of a test: T, or a benchmark
+// program's stand-in.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Logf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+	Failed() bool
+	Name() string
+}
 
 // Ports every node listens on, at its own address.
 const (
@@ -58,7 +71,7 @@ var (
 
 // Binary builds the flotilla binary once per test process (with -race when
 // the tests run with it) and returns its path.
-func Binary(t testing.TB) string {
+func Binary(t T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if p := os.Getenv("FLOTILLA_BIN"); p != "" {
@@ -125,7 +138,7 @@ type Options struct {
 
 // Cluster is a running test cluster.
 type Cluster struct {
-	t         testing.TB
+	t         T
 	Dir       string
 	TLSDir    string
 	GossipKey string
@@ -160,7 +173,7 @@ type Node struct {
 }
 
 // New starts a cluster of opt.Nodes fresh nodes that bootstrap together.
-func New(t testing.TB, opt Options) *Cluster {
+func New(t T, opt Options) *Cluster {
 	t.Helper()
 	if opt.Nodes == 0 {
 		opt.Nodes = 3
@@ -195,7 +208,7 @@ func New(t testing.TB, opt Options) *Cluster {
 }
 
 // freeSubnet picks 127.A.B. with nothing listening on its first addresses.
-func freeSubnet(t testing.TB) string {
+func freeSubnet(t T) string {
 	for i := 0; i < 50; i++ {
 		a, _ := rand.Int(rand.Reader, big.NewInt(150))
 		b, _ := rand.Int(rand.Reader, big.NewInt(250))
@@ -559,7 +572,7 @@ func (n *Node) Status() (cluster.Status, error) {
 }
 
 // Eventually polls cond every 50ms until it holds or timeout passes.
-func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+func Eventually(t T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error

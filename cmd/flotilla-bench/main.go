@@ -1,0 +1,262 @@
+// Command flotilla-bench measures a real Flotilla cluster of processes on
+// this machine: commit throughput and latency of message-sized writes, and
+// the cost of a snapshot of a store full of mail. `make bench` runs it.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotilla-mail/flotilla/cluster"
+	"github.com/flotilla-mail/flotilla/test/harness"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: flotilla-bench commit|snapshot [flags]")
+		os.Exit(2)
+	}
+	t := newRunner()
+	defer t.finish()
+	switch os.Args[1] {
+	case "commit":
+		fs := flag.NewFlagSet("commit", flag.ExitOnError)
+		nodes := fs.Int("nodes", 3, "cluster size")
+		writers := fs.Int("writers", 20, "concurrent writers")
+		count := fs.Int("messages", 10000, "messages to write")
+		size := fs.Int("size", 5120, "message size in bytes")
+		profile := fs.String("profile", "", "write a CPU profile of node n1 during the run to this file")
+		_ = fs.Parse(os.Args[2:])
+		commit(t, *nodes, *writers, *count, *size, *profile)
+	case "snapshot":
+		fs := flag.NewFlagSet("snapshot", flag.ExitOnError)
+		total := fs.Int64("bytes", 1<<30, "message bytes to store before the snapshot")
+		size := fs.Int("size", 5120, "message size in bytes")
+		_ = fs.Parse(os.Args[2:])
+		snapshot(t, *total, *size)
+	default:
+		fmt.Fprintln(os.Stderr, "unknown benchmark", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+// runner stands in for testing.T so the benchmark can use the test harness.
+type runner struct {
+	mu       sync.Mutex
+	cleanups []func()
+	failed   bool
+	dir      string
+}
+
+func newRunner() *runner {
+	dir, err := os.MkdirTemp("", "flotilla-bench-")
+	if err != nil {
+		panic(err)
+	}
+	return &runner{dir: dir}
+}
+
+func (r *runner) Helper()                   {}
+func (r *runner) Name() string              { return "bench" }
+func (r *runner) Failed() bool              { return r.failed }
+func (r *runner) Logf(f string, a ...any)   { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+func (r *runner) Errorf(f string, a ...any) { r.failed = true; r.Logf(f, a...) }
+func (r *runner) Fatal(a ...any)            { r.Fatalf("%s", fmt.Sprint(a...)) }
+func (r *runner) Cleanup(f func())          { r.mu.Lock(); r.cleanups = append(r.cleanups, f); r.mu.Unlock() }
+func (r *runner) TempDir() string           { d, _ := os.MkdirTemp(r.dir, "t"); return d }
+func (r *runner) Fatalf(f string, a ...any) { r.failed = true; r.Logf(f, a...); r.finish(); os.Exit(1) }
+func (r *runner) finish() {
+	r.mu.Lock()
+	c := r.cleanups
+	r.cleanups = nil
+	r.mu.Unlock()
+	for i := len(c) - 1; i >= 0; i-- {
+		c[i]()
+	}
+	os.RemoveAll(r.dir)
+}
+
+var words = strings.Fields(`the cluster keeps every message on a majority of nodes before it answers
+mail server replicated state machine leader follower snapshot log entry commit apply quorum
+meeting tomorrow please find attached report budget review quarter customer project update
+thanks regards schedule invoice delivery status question answer following previous week`)
+
+// message makes a unique message of about size bytes of mail-like text.
+func message(rng *rand.Rand, id, size int) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: bench@example.org\r\nTo: user@example.org\r\nSubject: benchmark %d\r\nMessage-ID: <%d.%d@bench>\r\n\r\n", id, id, rng.Uint64())
+	line := 0
+	for b.Len() < size-2 {
+		w := words[rng.IntN(len(words))]
+		b.WriteString(w)
+		line += len(w) + 1
+		if line > 70 {
+			b.WriteString("\r\n")
+			line = 0
+		} else {
+			b.WriteByte(' ')
+		}
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// importer posts messages to the admin API, as fast as the cluster commits.
+type importer struct {
+	client *http.Client
+	token  string
+}
+
+func (im *importer) post(node *harness.Node, user string, body []byte) error {
+	req, _ := http.NewRequest("POST", "http://"+node.Addr(harness.HTTPPort)+"/v1/users/"+user+"/messages?wait=commit", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+im.token)
+	res, err := im.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", res.Status, b)
+	}
+	return nil
+}
+
+// load writes count messages with the given concurrency, spread over the
+// nodes, and returns the latency of each write.
+func load(c *harness.Cluster, user string, writers, count, size int) ([]time.Duration, time.Duration) {
+	im := &importer{client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}, token: c.Token}
+	lat := make([]time.Duration, count)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			node := c.Nodes[w%len(c.Nodes)]
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= count {
+					return
+				}
+				body := message(rng, i, size)
+				t0 := time.Now()
+				if err := im.post(node, user, body); err != nil {
+					fmt.Fprintln(os.Stderr, "write failed:", err)
+					os.Exit(1)
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	return lat, time.Since(start)
+}
+
+func pct(lat []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), lat...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(float64(len(s)-1)*p)]
+}
+
+func setup(t *runner, nodes int, args ...string) *harness.Cluster {
+	c := harness.New(t, harness.Options{Nodes: nodes, Args: args})
+	leader := c.WaitLeader(60 * time.Second)
+	ids := make([]string, nodes)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("n%d", i+1)
+	}
+	c.WaitVoters(leader, 60*time.Second, ids...)
+	leader.MustCLI("domain", "add", "example.org")
+	if _, errOut, err := leader.CLIInput("bench-password\n", "user", "add", "user@example.org", "--password-stdin"); err != nil {
+		t.Fatalf("user add: %v %s", err, errOut)
+	}
+	return c
+}
+
+func commit(t *runner, nodes, writers, count, size int, profile string) {
+	c := setup(t, nodes)
+	// A short warm-up, then the measured run.
+	load(c, "user@example.org", writers, min(500, count/10), size)
+	if profile != "" {
+		go fetchProfile(c, profile)
+	}
+	lat, took := load(c, "user@example.org", writers, count, size)
+	if os.Getenv("BENCH_METRICS") != "" {
+		dumpMetrics(c)
+	}
+	fmt.Printf("commit  %d node(s), %d writers, %d x %d B messages (acknowledged once fsynced on a majority): %.0f commits/s, p50 %.1f ms, p99 %.1f ms\n",
+		nodes, writers, count, size, float64(count)/took.Seconds(), ms(pct(lat, 0.5)), ms(pct(lat, 0.99)))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func snapshot(t *runner, total int64, size int) {
+	c := setup(t, 1, "--snapshot-threshold", "100000000", "--snapshot-interval", "1h")
+	n := c.Nodes[0]
+	count := int(total / int64(size))
+	start := time.Now()
+	load(c, "user@example.org", 20, count, size)
+	fill := time.Since(start)
+	out := n.MustCLI("cluster", "snapshot", "--json")
+	var rep cluster.SnapshotReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("snapshot report %q: %v", out, err)
+	}
+	stored := dirSize(n.DataDir + "/state.db")
+	fmt.Printf("snapshot of a store holding %.2f GiB of message bodies (%d messages of %d B, filled in %s; state file %.0f MiB): %.2f s, %.1f MiB = %.2f%% of the mail\n",
+		float64(int64(count)*int64(size))/(1<<30), count, size, fill.Round(time.Second), float64(stored)/(1<<20),
+		rep.Duration.Seconds(), float64(rep.Bytes)/(1<<20), 100*float64(rep.Bytes)/float64(int64(count)*int64(size)))
+}
+
+func dirSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// fetchProfile saves a 5-second CPU profile of the first node.
+func fetchProfile(c *harness.Cluster, path string) {
+	req, _ := http.NewRequest("GET", "http://"+c.Nodes[0].Addr(harness.HTTPPort)+"/debug/pprof/profile?seconds=5", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	_ = os.WriteFile(path, b, 0o644)
+}
+
+// dumpMetrics prints the first node's FSM and commit histograms.
+func dumpMetrics(c *harness.Cluster) {
+	res, err := http.Get("http://" + c.Nodes[0].Addr(harness.HTTPPort) + "/metrics")
+	if err != nil {
+		return
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "flotilla_fsm") || strings.HasPrefix(line, "flotilla_raft_commit_seconds") {
+			if strings.Contains(line, "_sum") || strings.Contains(line, "_count") {
+				fmt.Fprintln(os.Stderr, line)
+			}
+		}
+	}
+}
