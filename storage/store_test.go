@@ -286,3 +286,43 @@ func TestRequests(t *testing.T) {
 		return nil
 	})
 }
+
+func FuzzRestore(f *testing.F) {
+	src, err := Open(filepath.Join(f.TempDir(), "src.db"), Options{NoSync: true, MmapSize: 16 << 20})
+	if err != nil {
+		f.Fatal(err)
+	}
+	_ = src.Update(func(tx *Tx) error {
+		tx.SetClock(1, time.Unix(1, 0))
+		if _, err := tx.AddDomain("example.org"); err != nil {
+			return err
+		}
+		_, err := tx.AddUser(User{Address: "a@example.org"})
+		return err
+	})
+	var snap bytes.Buffer
+	sn, _ := src.Snapshot()
+	sn.WriteTo(&snap)
+	sn.Release()
+	src.Close()
+	f.Add(snap.Bytes())
+	f.Add([]byte("FLOTSNAP\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x05"))
+	dst, err := Open(filepath.Join(f.TempDir(), "dst.db"), Options{NoSync: true, MmapSize: 16 << 20})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer dst.Close()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var before [32]byte
+		_ = dst.View(func(tx *Tx) error { before = tx.Digest(); return nil })
+		if _, err := dst.Restore(context.Background(), bytes.NewReader(b), nil); err != nil {
+			// A refused snapshot leaves the state exactly as it was.
+			_ = dst.View(func(tx *Tx) error {
+				if tx.Digest() != before {
+					t.Fatal("failed restore changed the state")
+				}
+				return nil
+			})
+		}
+	})
+}

@@ -87,3 +87,38 @@ func TestFollowerWriteReachesEveryNode(t *testing.T) {
 	}
 	verifyClean(t, f, 3)
 }
+
+func TestMetricsAndGracefulStop(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	leader := c.WaitLeader(30 * time.Second)
+	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
+	seedUser(t, leader, "alice@example.org")
+	importMessage(t, c.Followers(leader)[0], "alice@example.org", msg(1))
+
+	raw, err := leader.Raw("GET", "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := string(raw)
+	for _, name := range []string{
+		"flotilla_raft_state 2", // leader
+		"flotilla_raft_commit_seconds_count", "flotilla_fsm_apply_seconds_count", "flotilla_fsm_batch_entries_count",
+		"flotilla_snapshot_seconds", "flotilla_snapshot_bytes", "flotilla_store_file_bytes", "flotilla_store_body_bytes",
+		"flotilla_raft_applied_index", "flotilla_raft_log_file_bytes",
+	} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+
+	// SIGTERM on the leader hands leadership over before the node stops, and
+	// the node exits cleanly (the harness checks the exit code).
+	leader.Stop()
+	if len(leader.Grep("handed leadership over before stopping")) == 0 {
+		t.Errorf("leader stopped without handing leadership over:\n%s", leader.Log())
+	}
+	next := c.WaitLeader(10 * time.Second)
+	next.MustCLI("domain", "add", "after-stop.example")
+	leader.Start()
+	waitDomain(t, c, "after-stop.example")
+}
