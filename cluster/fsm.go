@@ -311,9 +311,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 type fsmSnapshot struct {
 	sn      *storage.Snapshot
 	metrics *metrics
+	once    sync.Once
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	// The read view is ended as soon as it is written: not every caller of
+	// Persist calls Release (raft.RecoverCluster does not), and an open read
+	// transaction would block closing the store.
+	defer s.Release()
 	start := time.Now()
 	n, err := s.sn.WriteTo(sink)
 	if err != nil {
@@ -330,4 +335,4 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return nil
 }
 
-func (s *fsmSnapshot) Release() { s.sn.Release() }
+func (s *fsmSnapshot) Release() { s.once.Do(s.sn.Release) }

@@ -3,13 +3,15 @@
 # archive, quietly; starts dockerd when no Docker engine answers.
 set -euo pipefail
 
-packages=(iptables docker.io swaks python3)
+packages=(iptables docker.io swaks python3 fetchmail postfix dovecot-imapd dovecot-pop3d)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
+	# postfix asks how to configure itself: the tests run private instances.
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	apt-get update -qq >/dev/null
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

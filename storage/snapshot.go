@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/klauspost/compress/zstd"
 	bolt "go.etcd.io/bbolt"
@@ -23,9 +24,12 @@ import (
 //	'B' name      enter a (nested) bucket
 //	'K' key value a key and its value in the current bucket
 //	'E'           leave the current bucket
+//	'L' hash body a message body, compressed (backups only)
 //	'Z' sha256    end
 //
-// Names, keys and values are uvarint-length-prefixed.
+// Names, keys, values and bodies are uvarint-length-prefixed. A backup is a
+// snapshot that also carries every referenced body, so that it restores
+// with no peer to fetch bodies from.
 
 const (
 	snapMagic   = "FLOTSNAP"
@@ -60,7 +64,12 @@ func (sn *Snapshot) Index() uint64 { return sn.index }
 func (sn *Snapshot) Release() { _ = sn.tx.Rollback() }
 
 // WriteTo writes the snapshot and returns the number of bytes written.
-func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
+func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) { return sn.write(w, false) }
+
+// WriteBackup writes the snapshot with every referenced message body.
+func (sn *Snapshot) WriteBackup(w io.Writer) (int64, error) { return sn.write(w, true) }
+
+func (sn *Snapshot) write(w io.Writer, bodies bool) (int64, error) {
 	cw := &countingWriter{w: w}
 	hdr := make([]byte, 0, 20)
 	hdr = append(hdr, snapMagic...)
@@ -76,6 +85,22 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	rw := &recordWriter{w: bufio.NewWriterSize(zw, 256<<10), h: sha256.New()}
 	for _, name := range replicated {
 		rw.bucket(name, sn.tx.Bucket(name))
+	}
+	if bodies {
+		blobs := sn.tx.Bucket(bBlobs)
+		c := sn.tx.Bucket(bRefs).Cursor()
+		for k, _ := c.First(); k != nil && rw.err == nil; k, _ = c.Next() {
+			v := blobs.Get(k)
+			if v == nil {
+				var h Hash
+				copy(h[:], k)
+				return cw.n, fmt.Errorf("backup: body %s is missing on this node; back up another node", h)
+			}
+			rw.buf = append(append(rw.buf[:0], 'L'), k...)
+			rw.buf = binary.AppendUvarint(rw.buf, uint64(len(v)))
+			rw.raw(rw.buf)
+			rw.raw(v)
+		}
 	}
 	rw.raw([]byte{'Z'})
 	sum := rw.h.Sum(nil)
@@ -160,7 +185,7 @@ func (s *Store) Restore(ctx context.Context, r io.Reader, fetch FetchFunc) (uint
 		scratch.Close()
 		os.Remove(scratchPath)
 	}()
-	index, err := readSnapshot(r, scratch)
+	index, err := readSnapshot(r, scratch, s.putBlob)
 	if err != nil {
 		return 0, fmt.Errorf("restore: %w", err)
 	}
@@ -188,8 +213,37 @@ func SnapshotIndex(r io.Reader) (uint64, error) {
 	return binary.BigEndian.Uint64(hdr[len(snapMagic)+4:]), nil
 }
 
-// readSnapshot parses and verifies a snapshot into an empty scratch store.
-func readSnapshot(r io.Reader, scratch *bolt.DB) (uint64, error) {
+// putBlob stores a body received whole (from a backup or a peer), after
+// checking it against its hash. It stays unreferenced until a swap.
+func (s *Store) putBlob(h Hash, compressed []byte) error {
+	if _, err := s.Decompress(h, compressed); err != nil {
+		return err
+	}
+	return s.db.Update(func(btx *bolt.Tx) error {
+		return (&Tx{tx: btx, s: s}).PutBlob(h, compressed)
+	})
+}
+
+// VerifyBackup reads a snapshot or backup through to its checksum without
+// storing anything, and returns its index and whether it carries bodies.
+func VerifyBackup(r io.Reader, dir string) (index uint64, bodies int, err error) {
+	scratchPath := filepath.Join(dir, "verify.scratch")
+	_ = os.Remove(scratchPath)
+	scratch, err := bolt.Open(scratchPath, 0o600, &bolt.Options{NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		scratch.Close()
+		os.Remove(scratchPath)
+	}()
+	index, err = readSnapshot(r, scratch, func(Hash, []byte) error { bodies++; return nil })
+	return index, bodies, err
+}
+
+// readSnapshot parses and verifies a snapshot into an empty scratch store;
+// bodies it carries go to putBlob.
+func readSnapshot(r io.Reader, scratch *bolt.DB, putBlob func(Hash, []byte) error) (uint64, error) {
 	br := bufio.NewReader(r)
 	hdr := make([]byte, len(snapMagic)+12)
 	if _, err := io.ReadFull(br, hdr); err != nil {
@@ -263,6 +317,22 @@ func readSnapshot(r io.Reader, scratch *bolt.DB) (uint64, error) {
 				}
 				cur = openPath(tx, path)
 				pending = 0
+			}
+		case 'L':
+			var h Hash
+			for i := range h {
+				c, err := rr.byte()
+				if err != nil {
+					return 0, err
+				}
+				h[i] = c
+			}
+			body, err := rr.field()
+			if err != nil {
+				return 0, err
+			}
+			if err := putBlob(h, body); err != nil {
+				return 0, fmt.Errorf("%w: body %s: %v", ErrCorruptSnapshot, h, err)
 			}
 		case 'E':
 			if len(path) == 0 {
@@ -358,13 +428,8 @@ func (s *Store) fetchMissing(ctx context.Context, scratch *bolt.DB, fetch FetchF
 	}
 	got := make(map[Hash]bool, len(missing))
 	err = fetch(ctx, missing, func(h Hash, compressed []byte) error {
-		if _, err := s.Decompress(h, compressed); err != nil {
-			return err
-		}
 		got[h] = true
-		return s.db.Update(func(btx *bolt.Tx) error {
-			return (&Tx{tx: btx, s: s}).PutBlob(h, compressed)
-		})
+		return s.putBlob(h, compressed)
 	})
 	if err != nil {
 		return fmt.Errorf("fetch bodies: %w", err)
@@ -380,6 +445,9 @@ func (s *Store) fetchMissing(ctx context.Context, scratch *bolt.DB, fetch FetchF
 // swapIn replaces the replicated buckets of live with those of src and
 // brings the local garbage list in line with the new references.
 func swapIn(live, src *bolt.Tx, index uint64) error {
+	// A node keeps the identity of the cluster it belongs to: restoring
+	// another cluster's backup brings its data, not its name.
+	clusterID := append([]byte(nil), live.Bucket(bMeta).Get(kClusterID)...)
 	for _, name := range replicated {
 		if err := live.DeleteBucket(name); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
 			return err
@@ -392,6 +460,11 @@ func swapIn(live, src *bolt.Tx, index uint64) error {
 			if err := copyBucket(dst, sb); err != nil {
 				return err
 			}
+		}
+	}
+	if len(clusterID) > 0 {
+		if err := live.Bucket(bMeta).Put(kClusterID, clusterID); err != nil {
+			return err
 		}
 	}
 	refs, gc := live.Bucket(bRefs), live.Bucket(bBlobGC)

@@ -86,9 +86,35 @@ func (cn *conn) do(ctx context.Context, method, path string, in, out any) error 
 	return cn.doRaw(ctx, method, path, body, out)
 }
 
+// download streams a GET response into w.
+func (cn *conn) download(ctx context.Context, path string, w io.Writer) (int64, error) {
+	hc, base := cn.client()
+	hc.Timeout = 0 // as long as the data takes
+	req, err := http.NewRequestWithContext(ctx, "GET", base+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	if cn.token != "" {
+		req.Header.Set("Authorization", "Bearer "+cn.token)
+	}
+	res, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(res.Body)
+		return 0, fmt.Errorf("%s: %s", res.Status, bytes.TrimSpace(b))
+	}
+	return io.Copy(w, res.Body)
+}
+
 // doRaw calls the API with a body sent as it is.
 func (cn *conn) doRaw(ctx context.Context, method, path string, body io.Reader, out any) error {
 	hc, base := cn.client()
+	if _, ok := body.(*os.File); ok {
+		hc.Timeout = 0 // uploads take as long as they take
+	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
 		return err
@@ -146,6 +172,9 @@ func (c *cli) cluster(ctx context.Context, args []string) error {
 	}
 	if args[0] == "tls-init" {
 		return c.tlsInit(args[1:])
+	}
+	if args[0] == "recover" {
+		return c.recoverCluster(args[1:])
 	}
 	fs, cn := c.flags("cluster " + args[0])
 	var to string

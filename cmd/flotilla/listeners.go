@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/flotilla-mail/flotilla/cluster"
 	"github.com/flotilla-mail/flotilla/mail/certs"
@@ -52,10 +53,17 @@ type starter func(ctx context.Context, env *mailEnv) (stop func(context.Context)
 // startMail starts every mail listener whose port is not 0.
 func startMail(ctx context.Context, env *mailEnv) (func(context.Context), error) {
 	var stops []func(context.Context)
+	// Every protocol drains at once, within the same grace period.
 	stopAll := func(ctx context.Context) {
+		var wg sync.WaitGroup
 		for _, s := range stops {
-			s(ctx)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s(ctx)
+			}()
 		}
+		wg.Wait()
 	}
 	for _, start := range []starter{startSMTP, startPOP3, startIMAP} {
 		stop, err := start(ctx, env)

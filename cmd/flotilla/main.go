@@ -21,6 +21,8 @@ Usage:
   flotilla user add|list|passwd|remove|mailboxes|import
   flotilla alias add|list|remove
   flotilla queue list
+  flotilla backup create --out FILE | restore --file FILE
+  flotilla cluster recover --keep NODE --data-dir DIR [serve flags]   (offline)
   flotilla version
 
 Administration commands reach a node through the control socket in its data
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return env.alias(ctx, args[1:])
 	case "queue":
 		return env.queue(ctx, args[1:])
+	case "backup":
+		return env.backup(ctx, args[1:])
 	case "version":
 		fmt.Fprintln(stdout, buildVersion())
 		return nil

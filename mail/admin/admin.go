@@ -81,6 +81,26 @@ func (s *Server) Handler(socket bool) http.Handler {
 	route("DELETE /v1/aliases/{address}", s.removeAlias)
 	route("GET /v1/queue", s.listQueue)
 	extraRoutes(s, route)
+	mux.HandleFunc("GET /v1/backup", func(w http.ResponseWriter, r *http.Request) {
+		if !socket && !s.authorized(r) {
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
+			return
+		}
+		s.handleBackup(w, r)
+	})
+	mux.HandleFunc("POST /v1/backup/restore", func(w http.ResponseWriter, r *http.Request) {
+		if !socket && !s.authorized(r) {
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong API token"))
+			return
+		}
+		v, err := s.restoreBackup(w, r)
+		if err != nil {
+			writeError(w, status(err), err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(v)
+	})
 	mux.Handle("GET /metrics", s.Node.Metrics())
 	profile := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {

@@ -216,10 +216,14 @@ func decodeResponse(s string) ([]byte, error) {
 	return b, err
 }
 
-// authFailed answers a failed authentication attempt and counts it. A nil
-// err is a Backend returning neither maildrop nor error.
+// authFailed answers a failed authentication attempt and counts it unless
+// the failure was the server's (a temporary error: a client retrying during
+// an outage must not be cut off as if it guessed passwords). A nil err is a
+// Backend returning neither maildrop nor error.
 func (s *session) authFailed(err error, method, user string) {
-	s.authFailures++
+	if code, _, _ := replyFor(err, ""); err == nil || code != "SYS/TEMP" {
+		s.authFailures++
+	}
 	if err == nil {
 		err = errors.New("backend returned no maildrop and no error")
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -753,4 +754,28 @@ func TestParseNumber(t *testing.T) {
 			t.Errorf("max int: %d", n)
 		}
 	}
+}
+
+// A client retrying through a server-side outage is not cut off as if it
+// were guessing passwords: only real authentication failures count.
+func TestTemporaryLoginFailuresDoNotCount(t *testing.T) {
+	var outage atomic.Bool
+	outage.Store(true)
+	ts := newTestServer(t, func(s *Server, b *memBackend) {
+		b.loginWait = func(context.Context) error {
+			if outage.Load() {
+				return &Error{Code: "SYS/TEMP", Text: "cluster unavailable"}
+			}
+			return nil
+		}
+	})
+	c := ts.dial(t)
+	for i := 0; i < 5; i++ {
+		c.ok("USER alice")
+		c.fail("PASS secret", "-ERR [SYS/TEMP] cluster unavailable")
+	}
+	outage.Store(false)
+	c.ok("USER alice")
+	c.ok("PASS secret")
+	c.ok("QUIT")
 }

@@ -300,6 +300,9 @@ func (n *Node) args() []string {
 	return append(args, n.Args...)
 }
 
+// ServeArgs is the node's `flotilla serve` command line, without "serve".
+func (n *Node) ServeArgs() []string { return n.args()[1:] }
+
 // Start starts the node's process (a restart keeps its data).
 func (n *Node) Start() {
 	n.c.t.Helper()
