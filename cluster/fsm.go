@@ -250,16 +250,18 @@ func applyDeliver(tx *storage.Tx, c *command.Deliver) ([]uint64, error) {
 // Applied is the last index this node has applied.
 func (f *fsm) Applied() uint64 { return f.applied.Load() }
 
-// wait blocks until index is applied or ctx ends. poll reports raft's own
-// applied index, which also counts entries the FSM never sees (no-ops).
-func (f *fsm) wait(ctx context.Context, index uint64, poll func() uint64) error {
-	tick := time.NewTicker(20 * time.Millisecond)
+// wait blocks until index is applied or ctx ends. Entries the FSM never
+// sees (no-ops, barriers) count as applied when onlySkipped says that
+// nothing between the FSM's last index and index is for the FSM.
+func (f *fsm) wait(ctx context.Context, index uint64, onlySkipped func(applied, index uint64) bool) error {
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		f.mu.Lock()
 		ch := f.changed
 		f.mu.Unlock()
-		if f.applied.Load() >= index || poll() >= index {
+		applied := f.applied.Load()
+		if applied >= index || onlySkipped(applied, index) {
 			return nil
 		}
 		select {

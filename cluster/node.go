@@ -259,11 +259,6 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	advertise := &net.TCPAddr{IP: net.ParseIP(n.cfg.AdvertiseAddr), Port: n.cfg.ClusterPort}
 	n.mux = newMux(ln, n.tls, bindIP, advertise, n.log)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.mux.serve()
-	}()
 	n.client = &http.Client{Transport: &http.Transport{
 		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return n.mux.dial(ctx, addr, protoRPC)
@@ -272,11 +267,6 @@ func (n *Node) Start(ctx context.Context) error {
 		IdleConnTimeout:     time.Minute,
 	}}
 	n.rpc = &http.Server{Handler: n.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		_ = n.rpc.Serve(n.mux.rpc)
-	}()
 
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: streamLayer{chanListener: n.mux.raft, m: n.mux}, MaxPool: 5, Timeout: 10 * time.Second,
@@ -303,6 +293,17 @@ func (n *Node) Start(ctx context.Context) error {
 	if n.members, err = newMembership(n); err != nil {
 		return err
 	}
+	// Peers are served only now that Raft and membership exist: a request
+	// arriving earlier would find them missing.
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		n.mux.serve()
+	}()
+	go func() {
+		defer n.wg.Done()
+		_ = n.rpc.Serve(n.mux.rpc)
+	}()
 	n.wg.Add(5)
 	go func() { defer n.wg.Done(); n.commits.run(bg) }()
 	go func() { defer n.wg.Done(); n.members.joinLoop(bg) }()
@@ -522,9 +523,30 @@ func deadline(ctx context.Context) time.Time {
 	return time.Now().Add(10 * time.Second)
 }
 
-// WaitApplied blocks until this node has applied index.
+// WaitApplied blocks until this node has applied index, so that a local
+// read then sees every write up to it.
 func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
-	return n.fsm.wait(ctx, index, n.raft.AppliedIndex)
+	return n.fsm.wait(ctx, index, n.onlySkipped)
+}
+
+// onlySkipped reports whether every entry after applied up to index has
+// been handed to the FSM and none of them is one the FSM applies. Raft's
+// own applied index cannot answer this: it moves when a batch is handed
+// to the FSM, before the FSM has applied it.
+func (n *Node) onlySkipped(applied, index uint64) bool {
+	if n.raft.AppliedIndex() < index || index-applied > 64 {
+		return false
+	}
+	for i := applied + 1; i <= index; i++ {
+		var l raft.Log
+		if err := n.logStore.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
 }
 
 // ReadIndex makes the next local read linearizable: it learns the leader's
