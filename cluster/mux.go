@@ -106,14 +106,20 @@ func (m *mux) dial(ctx context.Context, addr string, proto byte) (net.Conn, erro
 	}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("cluster connection to %s: %w", addr, err)
+		return nil, &dialError{fmt.Errorf("cluster connection to %s: %w", addr, err)}
 	}
 	if _, err := conn.Write([]byte{proto}); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("cluster connection to %s: %w", addr, err)
+		return nil, &dialError{fmt.Errorf("cluster connection to %s: %w", addr, err)}
 	}
 	return conn, nil
 }
+
+// dialError: a cluster connection that never opened (nothing was sent).
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 func (m *mux) close() {
 	select {

@@ -50,6 +50,9 @@ type Config struct {
 	// LeaderWait is how long a write waits for a leader to appear before it
 	// is refused: a node that cannot reach a majority says so promptly.
 	LeaderWait time.Duration
+	// UncertainWait bounds the retries of a write that may have been
+	// appended (see submitWith); below the dedup window of the FSM.
+	UncertainWait time.Duration
 	// Raft timing; zero values take the defaults below.
 	HeartbeatTimeout  time.Duration
 	SnapshotInterval  time.Duration
@@ -88,6 +91,9 @@ func (c *Config) setDefaults() error {
 	if c.LeaderWait == 0 {
 		c.LeaderWait = 5 * time.Second
 	}
+	if c.UncertainWait == 0 {
+		c.UncertainWait = 5 * time.Minute
+	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = 500 * time.Millisecond
 	}
@@ -112,6 +118,9 @@ var (
 	ErrUnavailable = errors.New("cluster unavailable")
 	// ErrNotSupported: some voter is too old for this kind of write.
 	ErrNotSupported = errors.New("not supported by every node yet")
+	// ErrUncertain: the write may or may not have been stored (the cluster
+	// lost its leader under it and no leader came back in time).
+	ErrUncertain = errors.New("outcome unknown")
 )
 
 // Node is one member of a cluster.
@@ -433,50 +442,113 @@ func (n *Node) submit(ctx context.Context, entry []byte) (uint64, command.Respon
 	return n.submitWith(ctx, entry, false)
 }
 
-// submitWith is submit; with commitOnly it returns at commit, with no response.
+// submitWith is submit; with commitOnly it returns at commit, with no
+// response.
+//
+// A write fails promptly (ErrUnavailable, after WriteTimeout or LeaderWait
+// without a leader) only while it certainly reached no log. Once an attempt
+// may have appended the entry (a leader lost its leadership under it, a
+// forwarded request got no answer), a failure answer could be a lie: the
+// entry may still commit, and a client told "try again" would store the
+// message twice. So from then on the entry is retried, under the same
+// request ID (applied at most once), until its fate is known or
+// UncertainWait passes (ErrUncertain).
 func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (uint64, command.Response, error) {
+	start := time.Now()
 	backoff := 5 * time.Millisecond
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.WriteTimeout)
-	defer cancel()
+	uncertain := false
 	var leaderless time.Time
+	var lastErr error
 	for {
+		limit := n.cfg.WriteTimeout
+		if uncertain {
+			limit = n.cfg.UncertainWait
+		}
+		left := limit - time.Since(start)
+		if left <= 0 {
+			if uncertain {
+				return 0, command.Response{}, fmt.Errorf("%w after %s: %v", ErrUncertain, limit, lastErr)
+			}
+			return 0, command.Response{}, fmt.Errorf("%w: no leader reachable from node %s (it cannot reach a majority of the cluster): %v",
+				ErrUnavailable, n.cfg.NodeID, lastErr)
+		}
+		actx, cancel := context.WithTimeout(ctx, left)
 		var (
 			idx  uint64
 			resp command.Response
 			err  error
+			sent bool
 		)
 		if n.raft.State() == raft.Leader {
+			leaderless = time.Time{}
 			if commitOnly {
-				idx, err = n.commitAsLeader(ctx, entry)
+				idx, err = n.commitAsLeader(actx, entry)
 			} else {
-				idx, resp, err = n.applyAsLeader(ctx, entry)
+				idx, resp, err = n.applyAsLeader(actx, entry)
 			}
+			sent = err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrEnqueueTimeout)
 		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
-			idx, resp, err = n.forward(ctx, string(addr), entry, commitOnly)
+			leaderless = time.Time{}
+			idx, resp, sent, err = n.forwardWatching(actx, string(addr), entry, commitOnly)
 			n.metrics.forwarded.Inc()
 		} else {
 			err = errNotLeader
 			if leaderless.IsZero() {
 				leaderless = time.Now()
-			} else if time.Since(leaderless) > n.cfg.LeaderWait {
+			} else if !uncertain && time.Since(leaderless) > n.cfg.LeaderWait {
+				cancel()
 				return 0, resp, fmt.Errorf("%w: no leader reachable from node %s for %s (it cannot reach a majority of the cluster)",
 					ErrUnavailable, n.cfg.NodeID, n.cfg.LeaderWait)
 			}
 		}
+		cancel()
 		if err == nil {
 			return idx, resp, nil
 		}
+		lastErr = err
+		uncertain = uncertain || sent
 		if errors.Is(err, raft.ErrRaftShutdown) {
+			if uncertain {
+				return 0, resp, fmt.Errorf("%w: node is shutting down", ErrUncertain)
+			}
 			return 0, resp, fmt.Errorf("%w: node is shutting down", ErrUnavailable)
+		}
+		if ctx.Err() != nil {
+			return 0, resp, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 		}
 		select {
 		case <-ctx.Done():
-			return 0, resp, fmt.Errorf("%w: no leader reachable from node %s (it cannot reach a majority of the cluster): %v",
-				ErrUnavailable, n.cfg.NodeID, err)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 250*time.Millisecond)
 	}
+}
+
+// forwardWatching forwards an entry to the leader, abandoning the attempt
+// as soon as this node learns of another leader (a request to a leader
+// that was cut off would otherwise hang until its timeouts). sent says
+// whether the entry may have been appended.
+func (n *Node) forwardWatching(ctx context.Context, leader string, entry []byte, commitOnly bool) (uint64, command.Response, bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if addr, _ := n.raft.LeaderWithID(); string(addr) != leader {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return n.forward(ctx, leader, entry, commitOnly)
 }
 
 func (n *Node) applyAsLeader(ctx context.Context, entry []byte) (uint64, command.Response, error) {

@@ -53,7 +53,7 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("commit") != "" {
 		idx, err := n.commitAsLeader(r.Context(), entry)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, err.Error(), applyStatus(err))
 			return
 		}
 		w.Header().Set(headerIndex, strconv.FormatUint(idx, 10))
@@ -61,45 +61,58 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 	}
 	idx, resp, err := n.applyAsLeader(r.Context(), entry)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		http.Error(w, err.Error(), applyStatus(err))
 		return
 	}
 	w.Header().Set(headerIndex, strconv.FormatUint(idx, 10))
 	_, _ = w.Write(resp.Marshal())
 }
 
+// applyStatus tells the forwarder whether the entry may have been appended:
+// 421 certainly not (this node was not the leader, or could not queue it),
+// 503 perhaps.
+func applyStatus(err error) int {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+		return http.StatusMisdirectedRequest
+	}
+	return http.StatusServiceUnavailable
+}
+
 // forward sends an entry to the leader. A lost reply is retried by the
-// caller with the same entry, which the state machine deduplicates.
-func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool) (uint64, command.Response, error) {
+// caller with the same entry, which the state machine deduplicates. sent
+// says whether the leader may have appended the entry.
+func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool) (idx uint64, resp command.Response, sent bool, err error) {
 	url := "https://" + leader + "/internal/apply"
 	if commitOnly {
 		url += "?commit=1"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(entry))
 	if err != nil {
-		return 0, command.Response{}, err
+		return 0, resp, false, err
 	}
 	res, err := n.client.Do(req)
 	if err != nil {
-		return 0, command.Response{}, err
+		// Only a connection that never opened certainly sent nothing.
+		var de *dialError
+		return 0, resp, !errors.As(err, &de), err
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(res.Body)
 	if err != nil {
-		return 0, command.Response{}, err
+		return 0, resp, true, err
 	}
 	if res.StatusCode != http.StatusOK {
-		return 0, command.Response{}, fmt.Errorf("leader %s: %s", leader, bytes.TrimSpace(body))
+		return 0, resp, res.StatusCode != http.StatusMisdirectedRequest, fmt.Errorf("leader %s: %s", leader, bytes.TrimSpace(body))
 	}
-	idx, err := strconv.ParseUint(res.Header.Get(headerIndex), 10, 64)
+	idx, err = strconv.ParseUint(res.Header.Get(headerIndex), 10, 64)
 	if err != nil {
-		return 0, command.Response{}, fmt.Errorf("leader %s: bad index", leader)
+		return 0, resp, true, fmt.Errorf("leader %s: bad index", leader)
 	}
 	if commitOnly {
-		return idx, command.Response{}, nil
+		return idx, resp, true, nil
 	}
-	resp, err := command.UnmarshalResponse(body)
-	return idx, resp, err
+	resp, err = command.UnmarshalResponse(body)
+	return idx, resp, true, err
 }
 
 func (n *Node) handleReadIndex(w http.ResponseWriter, r *http.Request) {

@@ -236,6 +236,8 @@ func (c *cli) cluster(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(c.stdout, "leader is now %s\n", orDash(st.Leader))
 		return nil
+	case "upgrade-check":
+		return c.upgradeCheck(ctx, cn)
 	case "snapshot":
 		var rep cluster.SnapshotReport
 		if err := cn.do(ctx, "POST", "/v1/cluster/snapshot", struct{}{}, &rep); err != nil {

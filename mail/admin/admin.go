@@ -59,9 +59,16 @@ func (s *Server) Handler(socket bool) http.Handler {
 		})
 	}
 	route("GET /v1/cluster/status", s.clusterStatus)
+	route("GET /v1/cluster/leader", func(r *http.Request) (any, error) {
+		// This node's own view, asking nobody: cheap enough to poll.
+		return struct {
+			Leader string `json:"leader"`
+		}{s.Node.Leader()}, nil
+	})
 	route("POST /v1/cluster/verify", s.clusterVerify)
 	route("POST /v1/cluster/transfer-leadership", s.transferLeadership)
 	route("POST /v1/cluster/remove", s.removeNode)
+	route("GET /v1/cluster/upgrade-check", func(r *http.Request) (any, error) { return s.Node.UpgradeCheck(r.Context()), nil })
 	route("POST /v1/cluster/snapshot", func(r *http.Request) (any, error) { return s.Node.Snapshot() })
 	route("GET /v1/domains", s.listDomains)
 	route("POST /v1/domains", s.addDomain)

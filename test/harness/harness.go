@@ -574,6 +574,13 @@ func (n *Node) Status() (cluster.Status, error) {
 	return st, err
 }
 
+// Leader is the leader node n knows of, from its own view ("" if none).
+func (n *Node) Leader() (string, error) {
+	var out struct{ Leader string }
+	err := n.API("GET", "/v1/cluster/leader", nil, &out)
+	return out.Leader, err
+}
+
 // Eventually polls cond every 50ms until it holds or timeout passes.
 func Eventually(t T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
@@ -670,6 +677,17 @@ func (c *Cluster) Isolate(n *Node) {
 		}
 		c.addRule("INPUT", "-s", n.IP, "-d", o.IP, "-j", "DROP")
 		c.addRule("INPUT", "-s", o.IP, "-d", n.IP, "-j", "DROP")
+	}
+}
+
+// Split cuts every link between the two groups, both ways.
+func (c *Cluster) Split(a, b []*Node) {
+	c.t.Helper()
+	for _, x := range a {
+		for _, y := range b {
+			c.addRule("INPUT", "-s", x.IP, "-d", y.IP, "-j", "DROP")
+			c.addRule("INPUT", "-s", y.IP, "-d", x.IP, "-j", "DROP")
+		}
 	}
 }
 

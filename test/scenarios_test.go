@@ -1,0 +1,247 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-mail/flotilla/test/harness"
+	"github.com/flotilla-mail/flotilla/test/workload"
+)
+
+// The fault scenarios of the CI tier. Each runs SMTP senders against every
+// node while a fault happens, heals, and checks that every message answered
+// 250 is on every node exactly once; it prints one line with what it saw.
+
+var chaosUsers = []string{"u1@example.org", "u2@example.org", "u3@example.org"}
+
+type scenarioResult struct {
+	acked, lost, duplicated int
+	window, election        time.Duration
+}
+
+// scenario runs fault against a loaded cluster of the given size.
+func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) {
+	t.Helper()
+	ids := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		ids[i] = n.ID
+	}
+	leader := c.WaitLeader(60 * time.Second)
+	c.WaitVoters(leader, 60*time.Second, ids...)
+	for _, u := range chaosUsers {
+		seedUser(t, leader, u)
+	}
+	w := workload.StartMail(c, chaosUsers, 4)
+	harness.Eventually(t, 60*time.Second, "mail flowing", func() error {
+		if n := len(w.Snapshot()); n < 20 {
+			return fmt.Errorf("%d acknowledged", n)
+		}
+		return nil
+	})
+	from := time.Now()
+	election := fault()
+	// Mail must flow again after the fault: wait for fresh acknowledgements.
+	healedAt := time.Now()
+	harness.Eventually(t, 60*time.Second, "mail flowing after the fault", func() error {
+		if n := w.AckedSince(healedAt); n < 10 {
+			return fmt.Errorf("%d acknowledged since", n)
+		}
+		return nil
+	})
+	to := time.Now()
+	acks := w.Stop()
+
+	c.HealAll()
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			n.Start()
+		}
+	}
+	leader = c.WaitLeader(60 * time.Second)
+	c.WaitVoters(leader, 90*time.Second, ids...)
+	verifyClean(t, leader, len(c.Nodes))
+	res := workload.Check(c, chaosUsers, acks, w.Unknown)
+	r := scenarioResult{acked: res.Acked, lost: res.Lost, duplicated: res.Duplicated,
+		window: workload.MaxGap(acks, from, to), election: election}
+	line := fmt.Sprintf("scenario %-34s acked %5d  lost %d  duplicated %d  longest no-accept window %7s  election %7s",
+		t.Name(), r.acked, r.lost, r.duplicated, r.window.Round(time.Millisecond), r.election.Round(time.Millisecond))
+	t.Log(line)
+	recordScenario(line)
+	for _, p := range res.Problems {
+		t.Error(p)
+	}
+	if r.lost != 0 || r.duplicated != 0 {
+		t.Fatalf("lost %d, duplicated %d", r.lost, r.duplicated)
+	}
+}
+
+// recordScenario appends the line to $FLOTILLA_SCENARIOS, if set, so that
+// `make test` can print the table at the end.
+func recordScenario(line string) {
+	path := os.Getenv("FLOTILLA_SCENARIOS")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintln(f, line)
+}
+
+// electionAfter measures how long until one of nodes knows a leader other
+// than old (from the nodes' own views, which cost nothing to ask).
+func electionAfter(t *testing.T, nodes []*harness.Node, old string, since time.Time) time.Duration {
+	t.Helper()
+	var d time.Duration
+	harness.Eventually(t, 60*time.Second, "a new leader", func() error {
+		for _, n := range nodes {
+			if l, err := n.Leader(); err == nil && l != "" && l != old {
+				d = time.Since(since)
+				return nil
+			}
+		}
+		return fmt.Errorf("no new leader")
+	})
+	return d
+}
+
+func TestScenarioLeaderKilled(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		start := time.Now()
+		l.Kill()
+		d := electionAfter(t, c.Followers(l), l.ID, start)
+		l.Start()
+		return d
+	})
+}
+
+func TestScenarioFollowerKilled(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
+		f.Kill()
+		time.Sleep(2 * time.Second) // mail flows while it is down (the workload runs)
+		f.Start()
+		return 0
+	})
+}
+
+func TestScenarioPartitionedLeader(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		start := time.Now()
+		c.Isolate(l)
+		d := electionAfter(t, c.Followers(l), l.ID, start)
+		time.Sleep(2 * time.Second) // the minority side refuses; the majority accepts
+		c.HealAll()
+		return d
+	})
+}
+
+func TestScenarioLeaderPaused(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		start := time.Now()
+		l.Pause()
+		d := electionAfter(t, c.Followers(l), l.ID, start)
+		time.Sleep(time.Second)
+		l.Resume()
+		return d
+	})
+}
+
+func TestScenarioAllKilled(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		for _, n := range c.Nodes {
+			n.Kill()
+		}
+		start := time.Now()
+		for _, n := range c.Nodes {
+			n.Start()
+		}
+		return electionAfter(t, c.Nodes, "", start)
+	})
+}
+
+func TestScenarioNodeReplacedByEmptyOne(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
+		f.Kill()
+		f.WipeData()
+		f.Start()
+		c.WaitVoters(c.WaitLeader(30*time.Second), 90*time.Second, "n1", "n2", "n3")
+		return 0
+	})
+}
+
+func TestScenarioFiveNodesSplit(t *testing.T) {
+	c := harness.New(t, harness.Options{Nodes: 5})
+	scenario(t, c, func() time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		// The leader goes to the minority side.
+		minority := []*harness.Node{l}
+		var majority []*harness.Node
+		for _, n := range c.Nodes {
+			switch {
+			case n == l:
+			case len(minority) < 2:
+				minority = append(minority, n)
+			default:
+				majority = append(majority, n)
+			}
+		}
+		start := time.Now()
+		c.Split(minority, majority)
+		d := electionAfter(t, majority, l.ID, start)
+		// The minority side refuses writes instead of taking them.
+		if _, errOut, err := minority[1].CLI("domain", "add", "minority.example"); err == nil || !strings.Contains(errOut, "unavailable") {
+			t.Errorf("minority accepted a write: %v %s", err, errOut)
+		}
+		time.Sleep(2 * time.Second)
+		c.HealAll()
+		return d
+	})
+}
+
+// TestScenarioRollingUpgrade upgrades every node, one at a time, from the
+// release build to a build with a newer command version, under load: some
+// node accepts mail at every moment.
+func TestScenarioRollingUpgrade(t *testing.T) {
+	next := filepath.Join(t.TempDir(), "flotilla-next")
+	if err := harness.BuildTo(next, "flotilla_next"); err != nil {
+		t.Fatal(err)
+	}
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		order := c.Followers(c.WaitLeader(30 * time.Second))
+		order = append(order, c.WaitLeader(30*time.Second))
+		for _, n := range order {
+			out, errOut, err := n.CLI("cluster", "upgrade-check")
+			if err != nil {
+				t.Fatalf("upgrade-check before %s: %v\n%s%s", n.ID, err, out, errOut)
+			}
+			n.Stop() // SIGTERM: drains, hands leadership over
+			n.Bin = next
+			n.Start()
+			c.WaitVoters(c.WaitLeader(30*time.Second), 60*time.Second, "n1", "n2", "n3")
+		}
+		// Every voter now understands the new command kind.
+		l := c.WaitLeader(30 * time.Second)
+		harness.Eventually(t, 10*time.Second, "the new command kind is allowed", func() error {
+			return l.API("POST", "/v1/debug/note", map[string]string{"Key": "after", "Text": "upgrade"}, nil)
+		})
+		return 0
+	})
+}
