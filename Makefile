@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/flotilla-mail/flotilla/cluster.BuildVersion=$(VERSION)
 
-.PHONY: build run test test-short vet bench fuzz image cluster-up cluster-down clean
+.PHONY: build run test test-short vet bench chaos fuzz image cluster-up cluster-down clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/flotilla ./cmd/flotilla
@@ -26,6 +26,11 @@ vet:
 
 bench: build
 	scripts/bench.sh
+
+# The long soak: random faults for CHAOS_DURATION (default 10m) under load.
+CHAOS_DURATION ?= 10m
+chaos:
+	$(GO) run ./cmd/flotilla-chaos --duration $(CHAOS_DURATION)
 
 fuzz:
 	scripts/fuzz.sh

@@ -150,6 +150,9 @@ func (f *fsm) applyCommand(tx *storage.Tx, index uint64, cmd command.Command) co
 	switch c := cmd.(type) {
 	case *command.Init:
 		err = tx.SetClusterID(c.ClusterID)
+		if err == nil && len(c.DecoyKey) > 0 {
+			err = tx.SetSetting(storage.SecretSASLDecoy, c.DecoyKey)
+		}
 	case *command.AddDomain:
 		_, err = tx.AddDomain(c.Name)
 	case *command.RemoveDomain:
@@ -187,6 +190,9 @@ func (f *fsm) applyCommand(tx *storage.Tx, index uint64, cmd command.Command) co
 		return command.Response{Digest: sum[:]}
 	default:
 		resp, ok, err := applyMailbox(tx, cmd)
+		if !ok {
+			resp, ok, err = applyQueue(tx, cmd)
+		}
 		if !ok {
 			err = applyExtra(tx, cmd)
 		}
@@ -234,17 +240,19 @@ func applyDeliver(tx *storage.Tx, c *command.Deliver) ([]uint64, error) {
 		}
 		ids = append(ids, uint64(m.UID))
 	}
-	if len(c.Queue) > 0 {
-		q, err := tx.Enqueue(storage.QueueEntry{
-			From: c.From, Recipients: c.Queue, Blob: c.Blob, Prefix: c.QueuePrefix,
-			Size: int64(len(c.QueuePrefix)) + c.BodySize, EnvID: c.EnvID, Ret: c.Ret,
-		})
-		if err != nil {
-			return nil, err
-		}
-		ids = append(ids, q.ID)
+	if len(c.Queue) == 0 {
+		// If every target was refused, the body is no one's: mark it as
+		// garbage rather than keep it forever.
+		return ids, tx.ForgetIfUnreferenced(c.Blob)
 	}
-	return ids, nil
+	q, err := tx.Enqueue(storage.QueueEntry{
+		From: c.From, Recipients: c.Queue, Blob: c.Blob, Prefix: c.QueuePrefix,
+		Size: int64(len(c.QueuePrefix)) + c.BodySize, EnvID: c.EnvID, Ret: c.Ret,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return append(ids, q.ID), nil
 }
 
 // Applied is the last index this node has applied.

@@ -61,7 +61,9 @@ func (n *Node) lead(ctx context.Context) {
 	if cid == "" {
 		var b [12]byte
 		_, _ = rand.Read(b[:])
-		if _, _, err := n.Propose(ctx, &command.Init{ClusterID: hex.EncodeToString(b[:])}); err != nil {
+		decoy := make([]byte, 32)
+		_, _ = rand.Read(decoy)
+		if _, _, err := n.Propose(ctx, &command.Init{ClusterID: hex.EncodeToString(b[:]), DecoyKey: decoy}); err != nil {
 			n.log.Warn("stamping cluster identity failed", "err", err)
 		}
 	}

@@ -377,11 +377,9 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	if _, err := n.checkVersion(c); err != nil {
 		return command.Response{}, 0, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, n.cfg.WriteTimeout)
-		defer cancel()
-	}
+	// No deadline is added here: submit bounds its own retries, and a
+	// committed write is waited for until it is applied here (or the
+	// caller gives up), never reported failed.
 	entry := newEntry(c)
 	start := time.Now()
 	idx, resp, err := n.submit(ctx, entry)
@@ -390,7 +388,7 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	}
 	n.metrics.commitLatency.Observe(time.Since(start).Seconds())
 	if err := n.WaitApplied(ctx, idx); err != nil {
-		return resp, idx, err
+		return resp, idx, fmt.Errorf("committed at index %d but not yet applied here: %w", idx, err)
 	}
 	return resp, idx, resp.Err()
 }
@@ -467,7 +465,8 @@ func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (u
 		left := limit - time.Since(start)
 		if left <= 0 {
 			if uncertain {
-				return 0, command.Response{}, fmt.Errorf("%w after %s: %v", ErrUncertain, limit, lastErr)
+				return 0, command.Response{}, fmt.Errorf("%w: node %s lost the majority while the write was in flight; it may still be applied once the cluster is whole (%v)",
+					ErrUncertain, n.cfg.NodeID, lastErr)
 			}
 			return 0, command.Response{}, fmt.Errorf("%w: no leader reachable from node %s (it cannot reach a majority of the cluster): %v",
 				ErrUnavailable, n.cfg.NodeID, lastErr)
@@ -514,6 +513,10 @@ func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (u
 			return 0, resp, fmt.Errorf("%w: node is shutting down", ErrUnavailable)
 		}
 		if ctx.Err() != nil {
+			if uncertain {
+				return 0, resp, fmt.Errorf("%w: node %s lost the majority while the write was in flight; it may still be applied once the cluster is whole (%v)",
+					ErrUncertain, n.cfg.NodeID, ctx.Err())
+			}
 			return 0, resp, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 		}
 		select {

@@ -3,7 +3,7 @@
 # archive, quietly; starts dockerd when no Docker engine answers.
 set -euo pipefail
 
-packages=(iptables docker.io swaks python3 fetchmail postfix dovecot-imapd dovecot-pop3d)
+packages=(iptables docker.io swaks python3 fetchmail postfix dovecot-imapd dovecot-pop3d isync)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -110,6 +110,15 @@ func (tx *Tx) ref(h Hash, delta int64) error {
 	}
 }
 
+// ForgetIfUnreferenced marks a body stored but referenced by nothing as
+// garbage, so that it does not stay forever.
+func (tx *Tx) ForgetIfUnreferenced(h Hash) error {
+	if tx.Refs(h) > 0 || tx.tx.Bucket(bBlobGC).Get(h[:]) != nil {
+		return nil
+	}
+	return tx.tx.Bucket(bBlobGC).Put(h[:], u64(tx.seq))
+}
+
 // Refs returns the reference count of a body.
 func (tx *Tx) Refs(h Hash) uint64 {
 	if v := tx.tx.Bucket(bRefs).Get(h[:]); v != nil {

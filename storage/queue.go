@@ -43,6 +43,9 @@ func (tx *Tx) QueueEntry(id uint64) (QueueEntry, error) {
 func (tx *Tx) QueueEntries(fn func(QueueEntry) bool) error {
 	c := tx.tx.Bucket(bQueue).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v == nil || len(k) != 8 {
+			continue // a nested bucket of delivery state (queue_lease.go)
+		}
 		var q QueueEntry
 		if err := q.unmarshal(v); err != nil {
 			return err
@@ -61,6 +64,9 @@ func (tx *Tx) DeleteQueueEntry(id uint64) error {
 		return err
 	}
 	if err := tx.ref(q.Blob, -1); err != nil {
+		return err
+	}
+	if err := tx.deleteQueueMeta(id); err != nil {
 		return err
 	}
 	tx.emit(Event{Kind: QueueChanged, ID: id})

@@ -49,6 +49,23 @@ func (tx *Tx) PruneRequests(before int64) error {
 	return nil
 }
 
+// Secret settings are shared by every node and never shown by the API.
+const (
+	// SecretSASLDecoy keys the made-up SCRAM salts of unknown users, the
+	// same on every node so that asking two nodes tells nothing.
+	SecretSASLDecoy = "secret.sasl-decoy"
+)
+
+// Secret reads a secret setting on this node, nil until the cluster has it.
+func (s *Store) Secret(name string) []byte {
+	var v []byte
+	_ = s.View(func(tx *Tx) error {
+		v = tx.Setting(name)
+		return nil
+	})
+	return v
+}
+
 // Setting returns a cluster-wide setting, or nil.
 func (tx *Tx) Setting(key string) []byte {
 	if v := tx.tx.Bucket(bSettings).Get([]byte(key)); v != nil {

@@ -191,8 +191,27 @@ func TestIsolatedLeaderRefusesWrites(t *testing.T) {
 	leader.MustCLI("domain", "add", "before.example")
 
 	c.Isolate(leader)
-	// The old leader steps down and refuses the write with a clear error
-	// instead of accepting it.
+	// A write in flight as the leader is cut off may have reached its log:
+	// it is never answered with success, nor with a plain refusal while
+	// it could still commit.
+	inflight := make(chan string, 1)
+	go func() {
+		_, errOut, err := leader.CLI("domain", "add", "inflight.example")
+		if err == nil {
+			inflight <- "accepted"
+			return
+		}
+		inflight <- errOut
+	}()
+	// Once the old leader has stepped down it refuses writes outright: it
+	// cannot reach a majority.
+	harness.Eventually(t, 10*time.Second, "the cut-off leader steps down", func() error {
+		if l, err := leader.Leader(); err != nil || l != "" {
+			return fmt.Errorf("still sees leader %q (%v)", l, err)
+		}
+		return nil
+	})
+	start := time.Now()
 	_, errOut, err := leader.CLI("domain", "add", "lost.example")
 	if err == nil {
 		t.Fatal("an isolated node accepted a write")
@@ -200,6 +219,7 @@ func TestIsolatedLeaderRefusesWrites(t *testing.T) {
 	if !strings.Contains(errOut, "cluster unavailable") || !strings.Contains(errOut, "majority") {
 		t.Fatalf("unclear refusal: %s", errOut)
 	}
+	t.Logf("refused after %s: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(errOut))
 	// The majority side elects a leader and goes on.
 	others := c.Followers(leader)
 	harness.Eventually(t, 30*time.Second, "majority elects a leader", func() error {
@@ -217,6 +237,25 @@ func TestIsolatedLeaderRefusesWrites(t *testing.T) {
 			t.Fatal("the refused write was applied after all")
 		}
 	}
+	// The write in flight is retried under its request ID: answered
+	// success only once it is really committed (after the heal), else
+	// "outcome unknown"; never a plain refusal followed by its commit.
+	got := <-inflight
+	waitDomain(t, c, "during.example")
+	ds, _ = domains(others[0])
+	applied := false
+	for _, d := range ds {
+		applied = applied || d == "inflight.example"
+	}
+	switch {
+	case got == "accepted" && !applied:
+		t.Error("the write in flight was answered success but is not stored")
+	case strings.Contains(got, "cluster unavailable") && applied:
+		t.Error("the write in flight was refused but stored")
+	case got != "accepted" && !strings.Contains(got, "outcome unknown") && !strings.Contains(got, "cluster unavailable"):
+		t.Errorf("write in flight when the leader was cut off: %s", got)
+	}
+	t.Logf("write in flight: %s (stored: %v)", strings.TrimSpace(got), applied)
 	verifyClean(t, others[0], 3)
 }
 

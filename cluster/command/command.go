@@ -43,6 +43,14 @@ const (
 	TypeSubscribe    Type = 19
 	TypePopLock      Type = 20
 	TypePopUnlock    Type = 21
+
+	// 22-40: outbound delivery and mail collection (queue.go).
+	TypeQueueClaim     Type = 22
+	TypeQueueResult    Type = 23
+	TypeQueueAdmin     Type = 24
+	TypeCollectLease   Type = 25
+	TypeCollectDeliver Type = 26
+	TypeCollectForget  Type = 27
 )
 
 // Command is one replicated change.
@@ -87,6 +95,14 @@ var specs = map[Type]Spec{
 	TypeSubscribe:    {"subscribe", 1, false, func() Command { return &Subscribe{} }},
 	TypePopLock:      {"pop-lock", 1, false, func() Command { return &PopLock{} }},
 	TypePopUnlock:    {"pop-unlock", 1, false, func() Command { return &PopUnlock{} }},
+
+	// outbound delivery and mail collection (queue.go)
+	TypeQueueClaim:     {"queue-claim", 1, false, func() Command { return &QueueClaim{} }},
+	TypeQueueResult:    {"queue-result", 1, false, func() Command { return &QueueResult{} }},
+	TypeQueueAdmin:     {"queue-admin", 1, false, func() Command { return &QueueAdmin{} }},
+	TypeCollectLease:   {"collect-lease", 1, false, func() Command { return &CollectLease{} }},
+	TypeCollectDeliver: {"collect-deliver", 1, false, func() Command { return &CollectDeliver{} }},
+	TypeCollectForget:  {"collect-forget", 1, false, func() Command { return &CollectForget{} }},
 }
 
 // Version is the highest command version this build understands.

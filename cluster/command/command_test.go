@@ -47,6 +47,20 @@ func samples() []Command {
 		&Subscribe{UserID: 7, Name: "Lists/Go", On: true},
 		&PopLock{UserID: 7, Node: "n2", Token: 99, Until: 1700000100},
 		&PopUnlock{UserID: 7, Token: 99},
+		&QueueClaim{Node: "n2", Until: 1700000060, IDs: []uint64{3, 4}},
+		&QueueResult{Node: "n2", Entries: []EntryResult{
+			{ID: 3, Rcpts: []RcptResult{{Address: "x@remote.test", Outcome: Delivered}, {Address: "y@remote.test", Outcome: Bounced, Error: "550 5.1.1 no such user"}},
+				FailureDSN: &Deliver{Blob: storage.Hash{7}, Body: []byte("zstd"), BodySize: 900, InternalDate: 1700000001,
+					Queue: []storage.QueueRecipient{{Address: "a@b.test"}}, QueuePrefix: []byte("Received: y\r\n")},
+				SuccessDSN: &Deliver{Blob: storage.Hash{6}, Body: []byte("zstd"), BodySize: 600, Targets: []Target{{UserID: 9}}}},
+			{ID: 4, Rcpts: []RcptResult{{Address: "z@remote.test", Outcome: Deferred, Error: "451 4.3.0 try later"}}, NextAttempt: 1700000300,
+				DelayDSN: &Deliver{Blob: storage.Hash{8}, Body: []byte("zstd"), BodySize: 800, Targets: []Target{{UserID: 7}}}},
+		}},
+		&QueueAdmin{Op: QueueHold, IDs: []uint64{3, 9}, All: true},
+		&CollectLease{Account: "isp", Node: "n1", Until: 1700000060, Release: true},
+		&CollectDeliver{Account: "isp", UID: "1700:42", Deliver: Deliver{Blob: storage.Hash{5}, Body: []byte("zstd"), BodySize: 700,
+			InternalDate: 1700000002, Targets: []Target{{UserID: 7, Prefix: []byte("X-Collected: isp\r\n")}}}},
+		&CollectForget{Account: "isp", UIDs: []string{"1700:41", "1700:42"}, All: true},
 	}
 }
 

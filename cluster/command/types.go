@@ -8,13 +8,24 @@ import (
 // Field numbers below are part of the log format: only add, never reuse.
 
 // Init stamps the identity of a new cluster; the first command of its log.
-type Init struct{ ClusterID string }
+// It also carries the cluster's shared secret for SASL decoys (see
+// storage.SecretSASLDecoy).
+type Init struct {
+	ClusterID string
+	DecoyKey  []byte
+}
 
-func (*Init) Type() Type                { return TypeInit }
-func (c *Init) encode(e *codec.Encoder) { e.String(1, c.ClusterID) }
+func (*Init) Type() Type { return TypeInit }
+func (c *Init) encode(e *codec.Encoder) {
+	e.String(1, c.ClusterID)
+	e.Blob(2, c.DecoyKey)
+}
 func (c *Init) decode(f codec.Field) {
-	if f.Num == 1 {
+	switch f.Num {
+	case 1:
 		c.ClusterID = f.String()
+	case 2:
+		c.DecoyKey = f.Copy()
 	}
 }
 

@@ -24,11 +24,11 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: flotilla-bench commit|snapshot [flags]")
+		fmt.Fprintln(os.Stderr, "usage: flotilla-bench commit|snapshot|smtp [flags]")
 		os.Exit(2)
 	}
-	t := newRunner()
-	defer t.finish()
+	t := harness.NewRunner()
+	defer t.Finish()
 	switch os.Args[1] {
 	case "commit":
 		fs := flag.NewFlagSet("commit", flag.ExitOnError)
@@ -39,6 +39,13 @@ func main() {
 		profile := fs.String("profile", "", "write a CPU profile of node n1 during the run to this file")
 		_ = fs.Parse(os.Args[2:])
 		commit(t, *nodes, *writers, *count, *size, *profile)
+	case "smtp":
+		fs := flag.NewFlagSet("smtp", flag.ExitOnError)
+		sessions := fs.Int("sessions", 20, "concurrent SMTP sessions")
+		count := fs.Int("messages", 10000, "messages to send")
+		size := fs.Int("size", 5120, "message size in bytes")
+		_ = fs.Parse(os.Args[2:])
+		smtpIngest(t, *sessions, *count, *size)
 	case "snapshot":
 		fs := flag.NewFlagSet("snapshot", flag.ExitOnError)
 		total := fs.Int64("bytes", 1<<30, "message bytes to store before the snapshot")
@@ -49,42 +56,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "unknown benchmark", os.Args[1])
 		os.Exit(2)
 	}
-}
-
-// runner stands in for testing.T so the benchmark can use the test harness.
-type runner struct {
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-	dir      string
-}
-
-func newRunner() *runner {
-	dir, err := os.MkdirTemp("", "flotilla-bench-")
-	if err != nil {
-		panic(err)
-	}
-	return &runner{dir: dir}
-}
-
-func (r *runner) Helper()                   {}
-func (r *runner) Name() string              { return "bench" }
-func (r *runner) Failed() bool              { return r.failed }
-func (r *runner) Logf(f string, a ...any)   { fmt.Fprintf(os.Stderr, f+"\n", a...) }
-func (r *runner) Errorf(f string, a ...any) { r.failed = true; r.Logf(f, a...) }
-func (r *runner) Fatal(a ...any)            { r.Fatalf("%s", fmt.Sprint(a...)) }
-func (r *runner) Cleanup(f func())          { r.mu.Lock(); r.cleanups = append(r.cleanups, f); r.mu.Unlock() }
-func (r *runner) TempDir() string           { d, _ := os.MkdirTemp(r.dir, "t"); return d }
-func (r *runner) Fatalf(f string, a ...any) { r.failed = true; r.Logf(f, a...); r.finish(); os.Exit(1) }
-func (r *runner) finish() {
-	r.mu.Lock()
-	c := r.cleanups
-	r.cleanups = nil
-	r.mu.Unlock()
-	for i := len(c) - 1; i >= 0; i-- {
-		c[i]()
-	}
-	os.RemoveAll(r.dir)
 }
 
 var words = strings.Fields(`the cluster keeps every message on a majority of nodes before it answers
@@ -172,7 +143,7 @@ func pct(lat []time.Duration, p float64) time.Duration {
 	return s[int(float64(len(s)-1)*p)]
 }
 
-func setup(t *runner, nodes int, args ...string) *harness.Cluster {
+func setup(t *harness.Runner, nodes int, args ...string) *harness.Cluster {
 	c := harness.New(t, harness.Options{Nodes: nodes, Args: args})
 	leader := c.WaitLeader(60 * time.Second)
 	ids := make([]string, nodes)
@@ -187,7 +158,7 @@ func setup(t *runner, nodes int, args ...string) *harness.Cluster {
 	return c
 }
 
-func commit(t *runner, nodes, writers, count, size int, profile string) {
+func commit(t *harness.Runner, nodes, writers, count, size int, profile string) {
 	c := setup(t, nodes)
 	// A short warm-up, then the measured run.
 	load(c, "user@example.org", writers, min(500, count/10), size)
@@ -204,7 +175,7 @@ func commit(t *runner, nodes, writers, count, size int, profile string) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func snapshot(t *runner, total int64, size int) {
+func snapshot(t *harness.Runner, total int64, size int) {
 	c := setup(t, 1, "--snapshot-threshold", "100000000", "--snapshot-interval", "1h")
 	n := c.Nodes[0]
 	count := int(total / int64(size))

@@ -513,32 +513,6 @@ func (c *cli) alias(ctx context.Context, args []string) error {
 	return usageErr(c.stderr, "alias: unknown subcommand "+args[0])
 }
 
-func (c *cli) queue(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "list" {
-		return usageErr(c.stderr, "queue: list")
-	}
-	fs, cn := c.flags("queue list")
-	if _, err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	var qs []admin.QueueEntry
-	if err := cn.do(ctx, "GET", "/v1/queue", nil, &qs); err != nil {
-		return err
-	}
-	if cn.json {
-		c.printJSON(qs)
-		return nil
-	}
-	var rows [][]string
-	for _, q := range qs {
-		for _, r := range q.Recipients {
-			rows = append(rows, []string{fmt.Sprint(q.ID), orDash(q.From), r.Address, r.State, fmt.Sprint(q.Size), q.NextAttempt.Format(time.RFC3339), orDash(q.LeaseNode), r.LastError})
-		}
-	}
-	c.table("ID\tFROM\tTO\tSTATE\tSIZE\tNEXT ATTEMPT\tLEASE\tLAST ERROR", rows)
-	return nil
-}
-
 func orDash(s string) string {
 	if s == "" {
 		return "-"

@@ -55,6 +55,8 @@ type config struct {
 	LogLevel          string   `toml:"log_level"`
 	LogFormat         string   `toml:"log_format"`
 	UnsafeNoSync      bool     `toml:"unsafe_no_fsync"`
+
+	DNSResolver string `toml:"dns_resolver"`
 }
 
 // duration reads "5m" from TOML and flags alike.
@@ -189,6 +191,7 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	fs.Var(&cfg.ShutdownGrace, "shutdown-grace", "how long SIGTERM waits for sessions to finish")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
+	fs.StringVar(&cfg.DNSResolver, "dns-resolver", cfg.DNSResolver, "host:port of the DNS server every lookup of this node goes to (default: /etc/resolv.conf)")
 	fs.BoolVar(&cfg.UnsafeNoSync, "unsafe-no-fsync", cfg.UnsafeNoSync, "skip fsync: loses acknowledged mail on power loss; for throwaway tests only")
 	if err := fs.Parse(args); err != nil {
 		return cfg, exitError{2}
@@ -199,6 +202,7 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	if cfg.APIToken == "" {
 		cfg.APIToken = os.Getenv("FLOTILLA_API_TOKEN")
 	}
+	useDNSResolver(cfg.DNSResolver)
 	return cfg, cfg.validate()
 }
 

@@ -65,7 +65,7 @@ func startMail(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		}
 		wg.Wait()
 	}
-	for _, start := range []starter{startSMTP, startPOP3, startIMAP} {
+	for _, start := range []starter{startSMTP, startPOP3, startIMAP, startDelivery} {
 		stop, err := start(ctx, env)
 		if err != nil {
 			stopAll(ctx)

@@ -20,7 +20,9 @@ Usage:
   flotilla domain add|list|remove
   flotilla user add|list|passwd|remove|mailboxes|import
   flotilla alias add|list|remove
-  flotilla queue list
+  flotilla queue list|show|retry|hold|release|delete|inject
+  flotilla delivery show|set|stats [settings|relays|routes|collect]
+  flotilla relay show|set [--mode M] [--trusted LIST] [--add LIST] [--remove LIST]
   flotilla backup create --out FILE | restore --file FILE
   flotilla cluster recover --keep NODE --data-dir DIR [serve flags]   (offline)
   flotilla version
@@ -67,6 +69,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return env.alias(ctx, args[1:])
 	case "queue":
 		return env.queue(ctx, args[1:])
+	case "relay":
+		return env.relay(ctx, args[1:])
+	case "delivery":
+		return env.delivery(ctx, args[1:])
 	case "backup":
 		return env.backup(ctx, args[1:])
 	case "version":

@@ -86,7 +86,9 @@ func (s *Server) Handler(socket bool) http.Handler {
 	route("GET /v1/aliases", s.listAliases)
 	route("POST /v1/aliases", s.addAlias)
 	route("DELETE /v1/aliases/{address}", s.removeAlias)
-	route("GET /v1/queue", s.listQueue)
+	queueRoutes(s, route)
+	deliveryRoutes(s, route)
+	relayRoutes(s, route)
 	extraRoutes(s, route)
 	mux.HandleFunc("GET /v1/backup", func(w http.ResponseWriter, r *http.Request) {
 		if !socket && !s.authorized(r) {
@@ -159,7 +161,7 @@ func status(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, storage.ErrExists):
 		return http.StatusConflict
-	case errors.Is(err, cluster.ErrUnavailable):
+	case errors.Is(err, cluster.ErrUnavailable), errors.Is(err, cluster.ErrUncertain):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, cluster.ErrNotSupported):
 		return http.StatusPreconditionFailed
@@ -405,42 +407,4 @@ func (s *Server) addAlias(r *http.Request) (any, error) {
 func (s *Server) removeAlias(r *http.Request) (any, error) {
 	_, err := s.propose(r, &command.RemoveAlias{Address: r.PathValue("address")})
 	return struct{}{}, err
-}
-
-// QueueEntry is an outbound message in the API.
-type QueueEntry struct {
-	ID          uint64           `json:"id"`
-	From        string           `json:"from"`
-	Recipients  []QueueRecipient `json:"recipients"`
-	Size        int64            `json:"size"`
-	Created     time.Time        `json:"created"`
-	NextAttempt time.Time        `json:"next_attempt"`
-	Held        bool             `json:"held"`
-	LeaseNode   string           `json:"lease_node,omitempty"`
-}
-
-// QueueRecipient is one recipient of a queued message.
-type QueueRecipient struct {
-	Address   string `json:"address"`
-	State     string `json:"state"`
-	LastError string `json:"last_error,omitempty"`
-	Attempts  uint32 `json:"attempts"`
-}
-
-var rcptStates = map[storage.RecipientState]string{storage.RcptPending: "pending", storage.RcptDelivered: "delivered", storage.RcptBounced: "bounced"}
-
-func (s *Server) listQueue(r *http.Request) (any, error) {
-	out := []QueueEntry{}
-	err := s.read(r, func(tx *storage.Tx) error {
-		return tx.QueueEntries(func(q storage.QueueEntry) bool {
-			e := QueueEntry{ID: q.ID, From: q.From, Size: q.Size, Created: time.Unix(0, q.Created).UTC(),
-				NextAttempt: time.Unix(0, q.NextAttempt).UTC(), Held: q.Held, LeaseNode: q.LeaseNode}
-			for _, rc := range q.Recipients {
-				e.Recipients = append(e.Recipients, QueueRecipient{Address: rc.Address, State: rcptStates[rc.State], LastError: rc.LastError, Attempts: rc.Attempts})
-			}
-			out = append(out, e)
-			return true
-		})
-	})
-	return out, err
 }

@@ -81,6 +81,10 @@ type Mechanisms struct {
 	// random key per Mechanisms value is used, which only holds within
 	// one process.
 	DecoyKey []byte
+	// DecoyKeyFunc, if set, is asked for the key each time one is needed
+	// (a cluster learns its shared secret only after it forms); an empty
+	// answer falls back to DecoyKey and then to the per-process key.
+	DecoyKeyFunc func() []byte
 
 	decoyOnce sync.Once
 	decoyKey  []byte
@@ -243,8 +247,14 @@ func (m *Mechanisms) decoyScram(user string) (salt []byte, iter int, storedKey, 
 			m.decoyKey = randomBytes(32)
 		}
 	})
+	key := m.decoyKey
+	if m.DecoyKeyFunc != nil {
+		if k := m.DecoyKeyFunc(); len(k) > 0 {
+			key = k
+		}
+	}
 	derive := func(label string) []byte {
-		h := hmac.New(sha256.New, m.decoyKey)
+		h := hmac.New(sha256.New, key)
 		h.Write([]byte(label))
 		h.Write([]byte{0})
 		h.Write([]byte(user))

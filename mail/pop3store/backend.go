@@ -138,6 +138,7 @@ func New(cfg Config) (*Backend, error) {
 		Hostname:     cfg.Hostname,
 		DecoyParams:  cfg.AuthParams,
 		DecoyKey:     cfg.DecoyKey,
+		DecoyKeyFunc: func() []byte { return cfg.Node.Store().Secret(storage.SecretSASLDecoy) },
 	}
 	return b, nil
 }

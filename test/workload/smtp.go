@@ -144,12 +144,15 @@ func (w *Mail) send(ctx context.Context, sender int) {
 // deliver sends one message to a node. ok: answered 250. ambiguous: the
 // DATA was sent and no answer came.
 func deliver(n *harness.Node, rcpt, body string) (ok, ambiguous bool) {
+	// Like an MTA with several MX hosts, move on quickly from a node that
+	// does not answer the dialogue, but wait long for the reply to DATA: the
+	// cluster may rightly hold it while the message's fate is settled.
 	conn, err := net.DialTimeout("tcp", n.Addr(harness.SMTPPort), 2*time.Second)
 	if err != nil {
 		return false, false
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
 	c, err := smtp.NewClient(conn, n.IP)
 	if err != nil {
 		return false, false
@@ -161,6 +164,7 @@ func deliver(n *harness.Node, rcpt, body string) (ok, ambiguous bool) {
 	if err != nil {
 		return false, false
 	}
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
 	if _, err := wc.Write([]byte(body)); err != nil {
 		return false, true
 	}

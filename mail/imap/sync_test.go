@@ -1,0 +1,151 @@
+package imap
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Two sessions on one mailbox: each learns of the other's changes at the
+// points RFC 3501 allows, and sequence numbers stay consistent.
+func TestIMAPTwoSessions(t *testing.T) {
+	e := newEnv(t)
+	for i := 1; i <= 4; i++ {
+		e.deliver("INBOX", testMessage(i))
+	}
+	a, b := e.rawLogin(), e.rawLogin()
+	a.ok("SELECT INBOX")
+	b.ok("SELECT INBOX")
+
+	a.ok("STORE 2 +FLAGS (\\Flagged)")
+	u := b.ok("NOOP")
+	if !hasLine(u, "* 2 FETCH (UID 2 FLAGS (\\Flagged))") {
+		t.Fatalf("flags not announced: %q", u)
+	}
+
+	a.ok("STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+	u = a.ok("EXPUNGE")
+	if strings.Join(u, "|") != "* 3 EXPUNGE|* 1 EXPUNGE" {
+		t.Fatalf("expunge: %q", u)
+	}
+	// B is told nothing of the expunge during FETCH, and still sees 4.
+	u = b.ok("FETCH 4 (UID)")
+	if hasLine(u, "EXPUNGE") || !hasLine(u, "* 4 FETCH (UID 4)") {
+		t.Fatalf("fetch during pending expunge: %q", u)
+	}
+	u = b.ok("NOOP")
+	if strings.Join(u, "|") != "* 3 EXPUNGE|* 1 EXPUNGE" {
+		t.Fatalf("expunge announced to b: %q", u)
+	}
+	u = b.ok("FETCH 1:* (UID)")
+	if strings.Join(u, "|") != "* 1 FETCH (UID 2)|* 2 FETCH (UID 4)" {
+		t.Fatalf("after expunge: %q", u)
+	}
+
+	// A delivery: both see EXISTS at their next command.
+	e.deliver("INBOX", testMessage(5))
+	for _, r := range []*raw{a, b} {
+		u = r.ok("NOOP")
+		if !hasLine(u, "* 3 EXISTS") {
+			t.Fatalf("exists: %q", u)
+		}
+	}
+	// MOVE out of A: B hears EXPUNGE.
+	a.ok("MOVE 1 Archive")
+	u = b.ok("NOOP")
+	if !hasLine(u, "* 1 EXPUNGE") {
+		t.Fatalf("move not announced: %q", u)
+	}
+	// The mailbox is deleted under B: BYE.
+	a.ok("SELECT Archive")
+	b.ok("SELECT Archive")
+	a.ok("UNSELECT")
+	a.ok("DELETE Archive")
+	b.send("N1 NOOP\r\n")
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if l := b.line(); strings.HasPrefix(l, "* BYE") {
+			return
+		}
+	}
+	t.Fatal("no BYE after the selected mailbox was deleted")
+}
+
+// EXAMINE is read-only: no \Seen side effect, no STORE.
+func TestIMAPExamine(t *testing.T) {
+	e := newEnv(t)
+	e.deliver("INBOX", testMessage(1))
+	r := e.rawLogin()
+	_, tagged := r.cmd("EXAMINE INBOX")
+	if !strings.Contains(tagged, "[READ-ONLY]") {
+		t.Fatal(tagged)
+	}
+	u := r.ok("FETCH 1 (BODY[TEXT])")
+	if hasLine(u, `\Seen`) {
+		t.Fatalf("EXAMINE set \\Seen: %q", u)
+	}
+	r.expect("STORE 1 +FLAGS (\\Seen)", "NO [CANNOT]")
+	r.ok("SELECT INBOX")
+	u = r.ok("FETCH 1 (BODY[TEXT])")
+	if !hasLine(u, `FLAGS (\Seen)`) {
+		t.Fatalf("no \\Seen after BODY[]: %q", u)
+	}
+	u = r.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (subject)]<0.10> RFC822.SIZE INTERNALDATE)")
+	if !hasLine(u, "BODY[HEADER.FIELDS (SUBJECT)]<0> {10}Subject: m") {
+		t.Fatalf("partial: %q", u)
+	}
+	r.ok("CLOSE")
+}
+
+// Shutdown says BYE to waiting and idling sessions at once, and LOGOUT
+// leaves nothing behind in the event hub.
+func TestIMAPShutdownAndLogout(t *testing.T) {
+	e := newEnv(t)
+	r := e.rawLogin()
+	r.ok("LOGOUT")
+	waitFor(t, "session gone", func() bool { return e.srv.sessionCount() == 0 })
+	e.srv.hub.mu.Lock()
+	n := len(e.srv.hub.users)
+	e.srv.hub.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("hub keeps %d users after LOGOUT", n)
+	}
+
+	waiting, idling := e.rawLogin(), e.rawLogin()
+	idling.ok("SELECT INBOX")
+	idling.send("I1 IDLE\r\n")
+	if l := idling.line(); !strings.HasPrefix(l, "+") {
+		t.Fatalf("idle: %q", l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+	for _, r := range []*raw{waiting, idling} {
+		if l := r.line(); !strings.HasPrefix(l, "* BYE") {
+			t.Fatalf("no BYE: %q", l)
+		}
+	}
+	if c, err := net.Dial("tcp", e.addr); err == nil {
+		c.Close()
+		t.Fatal("still accepting after Shutdown")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
