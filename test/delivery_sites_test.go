@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/smtp"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,15 +13,11 @@ import (
 
 // TestDeliveryToAnotherSite: bob of shared.test lives at site B, another
 // Flotilla cluster; site A holds shared.test too and routes bob there.
-// Mail for bob sent at site A reaches his INBOX at site B with the address
-// unchanged, over TLS with a client certificate; a route with a password
-// is checked by B (a wrong one is refused, and the message waits); B
-// relays for nobody unknown.
-//
-// Not shown: a route authenticating with AUTH end to end. Site B's SMTP
-// listener lets an authenticated user send only as its own addresses, so
-// it refuses a site link relaying other senders' mail (553 5.7.1); that
-// needs a site-link permission in mail/smtp.
+// Mail for bob reaches his INBOX at site B with the address unchanged,
+// whether it was injected at site A or sent to site A over SMTP (A accepts
+// bob although he has no account there), over TLS with the link's AUTH; a
+// wrong password is refused by B (the message waits); B relays for nobody
+// unknown.
 func TestDeliveryToAnotherSite(t *testing.T) {
 	d := startDNS(t)
 	b := harness.New(t, harness.Options{Nodes: 1})
@@ -45,17 +39,6 @@ func TestDeliveryToAnotherSite(t *testing.T) {
 			"hosts": []map[string]any{{"addr": bn.Addr(harness.SMTPPort), "tls": "require", "username": "link@shared.test", "password": password}}}})
 		return string(r)
 	}
-	dir := t.TempDir()
-	cert, key := harness.SelfSignedPEM(t, "site-a.link")
-	certFile, keyFile := filepath.Join(dir, "link.pem"), filepath.Join(dir, "link-key.pem")
-	if err := os.WriteFile(certFile, []byte(cert), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	certRoute, _ := json.Marshal([]map[string]any{{"name": "site-b", "match": []string{"bob@shared.test"},
-		"hosts": []map[string]any{{"addr": bn.Addr(harness.SMTPPort), "tls": "require", "cert_file": certFile, "key_file": keyFile}}}})
 	// An open route (no credentials) is refused.
 	open := `[{"name":"x","match":["@y.test"],"hosts":[{"addr":"127.0.0.1:25","tls":"require"}]}]`
 	if _, errOut, err := leader.CLIInput(open, "delivery", "set", "routes"); err == nil || !strings.Contains(errOut, "never open") {
@@ -77,9 +60,11 @@ func TestDeliveryToAnotherSite(t *testing.T) {
 	if out := leader.MustCLI("delivery", "show", "routes"); strings.Contains(out, `"wrong"`) {
 		t.Fatalf("password shown:\n%s", out)
 	}
-	setDelivery(t, leader, "routes", string(certRoute))
+	setDelivery(t, leader, "routes", route("pw-link"))
 	leader.MustCLI("queue", "retry", fmt.Sprint(id))
 	waitQueueEmpty(t, leader, 30*time.Second)
+	// Sent to site A over SMTP: A takes bob (routed) and passes him on.
+	sendSMTP(t, a.Nodes[2], "dave@elsewhere.test", "bob@shared.test", "Subject: over smtp to site A\r\n\r\nhello bob\r\n")
 
 	var got []string
 	harness.Eventually(t, 20*time.Second, "bob's INBOX at site B", func() error {
@@ -88,11 +73,14 @@ func TestDeliveryToAnotherSite(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(got) != 1 {
+		if len(got) != 2 {
 			return fmt.Errorf("%d messages", len(got))
 		}
 		return nil
 	})
+	if !strings.Contains(got[0]+got[1], "Subject: over smtp to site A") {
+		t.Errorf("the message sent to site A over SMTP did not reach bob at site B")
+	}
 	m := got[0]
 	for _, want := range []string{"Subject: to bob at site B", "for <bob@shared.test>", "(Flotilla) via the admin API"} {
 		if !strings.Contains(m, want) {
@@ -115,4 +103,31 @@ func TestDeliveryToAnotherSite(t *testing.T) {
 	if err := c.Rcpt("victim@elsewhere.test"); err == nil || !strings.HasPrefix(err.Error(), "5") {
 		t.Fatalf("site B relayed without authentication: %v", err)
 	}
+}
+
+// sendSMTP sends one message to a node's MX port, as a plain MTA would.
+func sendSMTP(t *testing.T, n *harness.Node, from, to, msg string) {
+	t.Helper()
+	c, err := smtp.Dial(n.Addr(harness.SMTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail(from); err != nil {
+		t.Fatalf("MAIL through %s: %v", n.ID, err)
+	}
+	if err := c.Rcpt(to); err != nil {
+		t.Fatalf("RCPT %s through %s: %v", to, n.ID, err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("DATA through %s: %v", n.ID, err)
+	}
+	_ = c.Quit()
 }

@@ -46,6 +46,11 @@ func Inject(ctx context.Context, node *cluster.Node, hostname, from string, to [
 	id := hex.EncodeToString(idb[:])
 	now := time.Now()
 	received := fmt.Sprintf("Received: by %s (Flotilla) via the admin API\r\n\tid %s; %s\r\n", hostname, id, now.UTC().Format(time.RFC1123Z))
+	// An admin operation reads linearizably: a route or user just set
+	// through another node counts.
+	if err := node.ReadIndex(ctx); err != nil {
+		return out, err
+	}
 	hash, z := node.Store().Compress(msg)
 	d := &command.Deliver{Blob: hash, Body: z, BodySize: int64(len(msg)), From: from, InternalDate: now.UnixNano(),
 		QueuePrefix: []byte(received)}

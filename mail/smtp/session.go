@@ -11,6 +11,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/flotilla-mail/flotilla/mail/delivery"
 	"github.com/flotilla-mail/flotilla/mail/smtp/relay"
 	"github.com/flotilla-mail/flotilla/storage"
 )
@@ -121,8 +122,10 @@ func (s *session) authenticated() *storage.User {
 	return s.user
 }
 
-// Mail starts a transaction. On submission (and for any authenticated
-// client) the sender must be an address the user may send as.
+// Mail starts a transaction. On submission the sender must be an address
+// the user may send as. On the MX port an authenticated client is held to
+// that only when it relays (see Rcpt): mail for local users may come from
+// anyone, a peer site's link account included.
 func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	if s.srv.closing.Load() {
 		return s.fail(&replyShuttingDown)
@@ -147,21 +150,9 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 			return s.fail(&replyBadSender)
 		}
 	}
-	if user != nil {
-		ok := false
-		if from != "" {
-			err := s.srv.store().View(func(tx *storage.Tx) error {
-				var err error
-				ok, err = tx.CanSendAs(user.ID, from)
-				return err
-			})
-			if err != nil {
-				return s.fail(asReply(err))
-			}
-		}
-		if !ok {
-			s.log.Info("smtp: sender refused: not the user's address", "user", user.Address, "from", from)
-			return s.fail(&replyNotOwner)
+	if user != nil && s.kind.submission() {
+		if err := s.checkSender(user, from); err != nil {
+			return err
 		}
 	}
 	t := txn{active: true, from: from, size: opts.Size, utf8: opts.UTF8, envID: opts.EnvelopeID, ret: string(opts.Return),
@@ -199,7 +190,17 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	)
 	err := s.srv.store().View(func(tx *storage.Tx) error {
 		var err error
-		if res, err = tx.Resolve(to); err != nil {
+		if res, err = tx.Resolve(to); errors.Is(err, storage.ErrNotFound) {
+			// A user of a local domain who lives at another site: routed
+			// there with the address unchanged (no relay rights needed,
+			// the route is the administrator's).
+			if cfg, cerr := delivery.LoadConfig(tx); cerr == nil {
+				if _, routed := cfg.RouteFor(to); routed {
+					res, err = storage.Resolved{Local: true, Remote: []string{strings.ToLower(to)}}, nil
+				}
+			}
+		}
+		if err != nil {
 			return err
 		}
 		rs = s.srv.relaySettings(tx)
@@ -218,6 +219,15 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if !res.Local && !s.mayRelay(rs, user) {
 		s.log.Info("smtp: relay denied", "to", to, "user", userAddr(user), "mode", string(rs.Mode))
 		return s.fail(&replyRelayDenied)
+	}
+	if !res.Local && user != nil && !s.kind.submission() {
+		// Relaying on the MX port as a user: the sender must be theirs.
+		s.mu.Lock()
+		from := s.tx.from
+		s.mu.Unlock()
+		if err := s.checkSender(user, from); err != nil {
+			return err
+		}
 	}
 	if n+len(res.Users)+len(res.Remote) > maxTargets {
 		return s.fail(&replyTooManyRcpts)
@@ -334,6 +344,26 @@ func (s *session) Logout() error {
 }
 
 var errNoTarget = errors.New("no recipient was stored")
+
+// checkSender refuses an envelope sender the user may not send as.
+func (s *session) checkSender(user *storage.User, from string) error {
+	ok := false
+	if from != "" {
+		err := s.srv.store().View(func(tx *storage.Tx) error {
+			var err error
+			ok, err = tx.CanSendAs(user.ID, from)
+			return err
+		})
+		if err != nil {
+			return s.fail(asReply(err))
+		}
+	}
+	if !ok {
+		s.log.Info("smtp: sender refused: not the user's address", "user", user.Address, "from", from)
+		return s.fail(&replyNotOwner)
+	}
+	return nil
+}
 
 // caughtUp waits until this node has applied the session's last message,
 // so that what the session reads (quota, above all) includes it.
