@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-mail/flotilla/cluster"
 	"github.com/flotilla-mail/flotilla/test/harness"
 )
 
@@ -29,10 +30,14 @@ func TestBackupRestoreIntoFreshCluster(t *testing.T) {
 	b := harness.New(t, harness.Options{})
 	bLeader := b.WaitLeader(30 * time.Second)
 	b.WaitVoters(bLeader, 30*time.Second, "n1", "n2", "n3")
-	bBefore, err := bLeader.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
+	var bBefore cluster.Status
+	harness.Eventually(t, 30*time.Second, "cluster B has its identity", func() error {
+		var err error
+		if bBefore, err = bLeader.Status(); err == nil && bBefore.ClusterID == "" {
+			err = errors.New("no cluster ID yet")
+		}
+		return err
+	})
 
 	// A damaged backup is refused whole, and nothing changes.
 	raw, _ := os.ReadFile(file)
