@@ -159,17 +159,24 @@ func (t *commitTracker) check() bool {
 	return pending
 }
 
-// trackingLogStore tells the tracker what this node has stored.
+// trackingLogStore tells the tracker what this node has stored, and times
+// the log's writes.
 type trackingLogStore struct {
 	raft.LogStore
-	t *commitTracker
+	t       *commitTracker
+	metrics *metrics
 }
 
 func (s trackingLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
+	start := time.Now()
 	if err := s.LogStore.StoreLogs(logs); err != nil {
 		return err
+	}
+	if s.metrics != nil {
+		s.metrics.logStore.Observe(time.Since(start).Seconds())
+		s.metrics.logBatch.Observe(float64(len(logs)))
 	}
 	s.t.stored(logs)
 	return nil

@@ -14,6 +14,8 @@ type metrics struct {
 	snapshotSeconds prometheus.Gauge
 	snapshotBytes   prometheus.Gauge
 	forwarded       prometheus.Counter
+	logStore        prometheus.Histogram
+	logBatch        prometheus.Histogram
 }
 
 func newMetrics(n *Node) *metrics {
@@ -35,8 +37,14 @@ func newMetrics(n *Node) *metrics {
 			Name: "flotilla_snapshot_bytes", Help: "Size of the last snapshot."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_forwarded_writes_total", Help: "Writes forwarded from this node to the leader."}),
+		logStore: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flotilla_raft_log_store_seconds", Help: "Time to write (and fsync) one batch of entries to the Raft log.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
+		logBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flotilla_raft_log_batch_entries", Help: "Entries per write to the Raft log.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
 	}
-	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded,
+	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded, m.logStore, m.logBatch,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_state",
 			Help: "Raft state of this node: 0 follower, 1 candidate, 2 leader, 3 shutdown."},

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/flotilla-mail/flotilla/cluster/command"
 	"github.com/flotilla-mail/flotilla/storage"
@@ -183,7 +184,10 @@ func New(cfg Config) (*Node, error) {
 			n.closeStores()
 		}
 	}()
-	if n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: n.raftLogPath(), NoSync: cfg.NoSync}); err != nil {
+	// The log's free list is rebuilt at open rather than written with every
+	// commit: one page less per fsync on the hot path.
+	if n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: n.raftLogPath(), NoSync: cfg.NoSync,
+		BoltOptions: &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}}); err != nil {
 		return nil, fmt.Errorf("raft log: %w", err)
 	}
 	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, newHCLogger("snapshot", n.log)); err != nil {
@@ -293,7 +297,7 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	logs := trackingLogStore{LogStore: n.logStore, t: n.commits}
+	logs := trackingLogStore{LogStore: n.logStore, t: n.commits, metrics: n.metrics}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,18 +34,31 @@ func New(t testing.TB) *cluster.Node {
 	if os.Getenv("FLOTILLA_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	n, err := cluster.New(cluster.Config{
-		NodeID: "node", DataDir: filepath.Join(dir, "data"), BindAddr: "127.0.0.1",
-		ClusterPort: freePort(t, "tcp"), GossipPort: freePort(t, "udp"), BootstrapExpect: 1,
-		TLS:    cluster.TLSFiles{CA: filepath.Join(tlsDir, "ca.pem"), Cert: filepath.Join(tlsDir, "node.pem"), Key: filepath.Join(tlsDir, "node-key.pem")},
-		NoSync: true, HeartbeatTimeout: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
+	// Free ports are found by binding and releasing them, so another test
+	// process can take one before the node binds it: try again then.
+	var n *cluster.Node
+	for attempt := 0; ; attempt++ {
+		var err error
+		n, err = cluster.New(cluster.Config{
+			NodeID: "node", DataDir: filepath.Join(dir, "data"), BindAddr: "127.0.0.1",
+			ClusterPort: freePort(t, "tcp"), GossipPort: freePort(t, "udp"), BootstrapExpect: 1,
+			TLS:    cluster.TLSFiles{CA: filepath.Join(tlsDir, "ca.pem"), Cert: filepath.Join(tlsDir, "node.pem"), Key: filepath.Join(tlsDir, "node-key.pem")},
+			NoSync: true, HeartbeatTimeout: 200 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = n.Start(context.Background())
+		if err == nil {
+			break
+		}
+		_ = n.Shutdown(context.Background())
+		// memberlist formats its listener errors with %v, losing the errno.
+		inUse := errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+		if attempt == 5 || !inUse {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

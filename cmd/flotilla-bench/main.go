@@ -36,7 +36,7 @@ func main() {
 		writers := fs.Int("writers", 20, "concurrent writers")
 		count := fs.Int("messages", 10000, "messages to write")
 		size := fs.Int("size", 5120, "message size in bytes")
-		profile := fs.String("profile", "", "write a CPU profile of node n1 during the run to this file")
+		profile := fs.String("profile", "", "write a 5-second CPU profile of the leader during the run to this file (an allocation profile if it ends in .allocs)")
 		_ = fs.Parse(os.Args[2:])
 		commit(t, *nodes, *writers, *count, *size, *profile)
 	case "smtp":
@@ -155,6 +155,13 @@ func setup(t *harness.Runner, nodes int, args ...string) *harness.Cluster {
 	if _, errOut, err := leader.CLIInput("bench-password\n", "user", "add", "user@example.org", "--password-stdin"); err != nil {
 		t.Fatalf("user add: %v %s", err, errOut)
 	}
+	// Every node must know the user before load starts: SMTP on a follower
+	// that has not applied the user yet would refuse the recipient.
+	for _, n := range c.Nodes {
+		harness.Eventually(t, 30*time.Second, n.ID+" knows the user", func() error {
+			return n.API("GET", "/v1/users/user@example.org?stale=1", nil, nil)
+		})
+	}
 	return c
 }
 
@@ -163,7 +170,7 @@ func commit(t *harness.Runner, nodes, writers, count, size int, profile string) 
 	// A short warm-up, then the measured run.
 	load(c, "user@example.org", writers, min(500, count/10), size)
 	if profile != "" {
-		go fetchProfile(c, profile)
+		go fetchProfile(c, c.WaitLeader(time.Minute), profile)
 	}
 	lat, took := load(c, "user@example.org", writers, count, size)
 	if os.Getenv("BENCH_METRICS") != "" {
@@ -201,9 +208,13 @@ func dirSize(path string) int64 {
 	return fi.Size()
 }
 
-// fetchProfile saves a 5-second CPU profile of the first node.
-func fetchProfile(c *harness.Cluster, path string) {
-	req, _ := http.NewRequest("GET", "http://"+c.Nodes[0].Addr(harness.HTTPPort)+"/debug/pprof/profile?seconds=5", nil)
+// fetchProfile saves a 5-second CPU or allocation profile of a node.
+func fetchProfile(c *harness.Cluster, n *harness.Node, path string) {
+	kind := "profile"
+	if strings.HasSuffix(path, ".allocs") {
+		kind = "allocs"
+	}
+	req, _ := http.NewRequest("GET", "http://"+n.Addr(harness.HTTPPort)+"/debug/pprof/"+kind+"?seconds=5", nil)
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -224,7 +235,7 @@ func dumpMetrics(c *harness.Cluster) {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "flotilla_fsm") || strings.HasPrefix(line, "flotilla_raft_commit_seconds") {
+		if strings.HasPrefix(line, "flotilla_fsm") || strings.HasPrefix(line, "flotilla_raft_commit_seconds") || strings.HasPrefix(line, "flotilla_raft_log") {
 			if strings.Contains(line, "_sum") || strings.Contains(line, "_count") {
 				fmt.Fprintln(os.Stderr, line)
 			}
