@@ -83,7 +83,12 @@ func (d *testDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	switch {
 	case q.Qtype == dns.TypeMX && hasMX:
 		for i, h := range d.mx[name] {
-			rr, _ := dns.NewRR(fmt.Sprintf("%s. 60 IN MX %d %s.", name, 10*(i+1), h))
+			// "20 host" gives a preference; otherwise 10, 20, ... in order.
+			pref := fmt.Sprint(10 * (i + 1))
+			if p, host, ok := strings.Cut(h, " "); ok {
+				pref, h = p, host
+			}
+			rr, _ := dns.NewRR(fmt.Sprintf("%s. 60 IN MX %s %s.", name, pref, h))
 			m.Answer = append(m.Answer, rr)
 		}
 	case q.Qtype == dns.TypeA && hasA:

@@ -44,8 +44,9 @@ func main() {
 		sessions := fs.Int("sessions", 20, "concurrent SMTP sessions")
 		count := fs.Int("messages", 10000, "messages to send")
 		size := fs.Int("size", 5120, "message size in bytes")
+		only := fs.String("only", "", "run one of: postfix, 1, 3 (default: all, side by side)")
 		_ = fs.Parse(os.Args[2:])
-		smtpIngest(t, *sessions, *count, *size)
+		smtpIngest(t, *sessions, *count, *size, *only)
 	case "snapshot":
 		fs := flag.NewFlagSet("snapshot", flag.ExitOnError)
 		total := fs.Int64("bytes", 1<<30, "message bytes to store before the snapshot")

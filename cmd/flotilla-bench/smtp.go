@@ -14,7 +14,7 @@ import (
 // smtpIngest runs Postfix's smtp-source against Postfix (virtual Maildir
 // delivery), a one-node Flotilla and a three-node Flotilla cluster, side by
 // side, and reports messages per second until every message is stored.
-func smtpIngest(t *harness.Runner, sessions, messages, size int) {
+func smtpIngest(t *harness.Runner, sessions, messages, size int, only string) {
 	if _, err := exec.LookPath("smtp-source"); err != nil {
 		t.Fatalf("smtp-source (package postfix) is not installed")
 	}
@@ -24,15 +24,23 @@ func smtpIngest(t *harness.Runner, sessions, messages, size int) {
 	}
 	var results []result
 
-	p := harness.StartPostfixRX(t, harness.PostfixRXOptions{Users: []string{"user@bench.test"},
-		Extra: map[string]string{"default_process_limit": "100"}})
-	took := source(t, []string{p.Addr()}, "user@bench.test", sessions, messages, size, func() int {
-		return len(p.Maildir("user@bench.test"))
-	})
-	results = append(results, result{"postfix (virtual Maildir)", float64(messages) / took.Seconds()})
+	if only == "" || only == "postfix" {
+		p := harness.StartPostfixRX(t, harness.PostfixRXOptions{Users: []string{"user@bench.test"},
+			Extra: map[string]string{"default_process_limit": "100"}})
+		took := source(t, []string{p.Addr()}, "user@bench.test", sessions, messages, size, func() int {
+			return len(p.Maildir("user@bench.test"))
+		})
+		results = append(results, result{"postfix (virtual Maildir)", float64(messages) / took.Seconds()})
+	}
 
 	for _, nodes := range []int{1, 3} {
+		if only != "" && only != fmt.Sprint(nodes) {
+			continue
+		}
 		c := setup(t, nodes)
+		if path := os.Getenv("BENCH_PROFILE"); path != "" {
+			go func() { time.Sleep(3 * time.Second); fetchProfile(c, c.WaitLeader(time.Minute), path) }()
+		}
 		var addrs []string
 		for _, n := range c.Nodes {
 			addrs = append(addrs, n.Addr(harness.SMTPPort))
@@ -58,10 +66,13 @@ func smtpIngest(t *harness.Runner, sessions, messages, size int) {
 			n.Stop()
 		}
 	}
-	base := results[0].rate
 	for _, r := range results {
-		fmt.Printf("smtp ingest  %-27s %d sessions, %d x %d B: %7.0f messages/s  (%.2fx Postfix)\n",
-			r.name, sessions, messages, size, r.rate, r.rate/base)
+		ratio := ""
+		if only == "" {
+			ratio = fmt.Sprintf("  (%.2fx Postfix)", r.rate/results[0].rate)
+		}
+		fmt.Printf("smtp ingest  %-27s %d sessions, %d x %d B: %7.0f messages/s%s\n",
+			r.name, sessions, messages, size, r.rate, ratio)
 	}
 }
 
