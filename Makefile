@@ -13,9 +13,12 @@ build:
 run: build
 	scripts/run-cluster.sh
 
-# Everything CI runs: vet, then every test with the race detector.
+# Everything CI runs: vet, then every test with the race detector; then the
+# table of the fault scenarios (one line each), whatever the outcome.
 test: vet
-	$(GO) test -race -count=1 -timeout 45m ./...
+	@mkdir -p bin && rm -f bin/scenarios.txt
+	@FLOTILLA_SCENARIOS=$(CURDIR)/bin/scenarios.txt $(GO) test -race -count=1 -timeout 45m ./...; status=$$?; \
+	if [ -s bin/scenarios.txt ]; then echo "== fault scenarios"; sort bin/scenarios.txt; fi; exit $$status
 
 test-short: vet
 	$(GO) test -count=1 -short ./...

@@ -24,7 +24,7 @@ type scenarioResult struct {
 }
 
 // scenario runs fault against a loaded cluster of the given size.
-func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) {
+func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scenarioResult {
 	t.Helper()
 	ids := make([]string, len(c.Nodes))
 	for i, n := range c.Nodes {
@@ -35,7 +35,7 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) {
 	for _, u := range chaosUsers {
 		seedUser(t, leader, u)
 	}
-	w := workload.StartMail(c, chaosUsers, 4)
+	w := workload.StartMail(c, chaosUsers, 2*len(c.Nodes))
 	harness.Eventually(t, 60*time.Second, "mail flowing", func() error {
 		if n := len(w.Snapshot()); n < 20 {
 			return fmt.Errorf("%d acknowledged", n)
@@ -77,6 +77,7 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) {
 	if r.lost != 0 || r.duplicated != 0 {
 		t.Fatalf("lost %d, duplicated %d", r.lost, r.duplicated)
 	}
+	return r
 }
 
 // recordScenario appends the line to $FLOTILLA_SCENARIOS, if set, so that
@@ -215,6 +216,45 @@ func TestScenarioFiveNodesSplit(t *testing.T) {
 	})
 }
 
+// TestScenarioOneWayFromLeader: the leader's packets no longer reach the
+// followers, while theirs still reach it. The followers elect a new leader;
+// the old one must step down rather than go on taking writes.
+func TestScenarioOneWayFromLeader(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		start := time.Now()
+		for _, f := range c.Followers(l) {
+			c.CutOneWay(l, f)
+		}
+		d := electionAfter(t, c.Followers(l), l.ID, start)
+		harness.Eventually(t, 30*time.Second, "the old leader steps down", func() error {
+			if own, err := l.Leader(); err != nil || own == l.ID {
+				return fmt.Errorf("%s still says it leads (%v)", l.ID, err)
+			}
+			return nil
+		})
+		c.HealAll()
+		return d
+	})
+}
+
+// TestScenarioFlakyLinks: every link between the nodes loses a third of its
+// packets for a while; mail goes on, slower, and nothing is lost.
+func TestScenarioFlakyLinks(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	scenario(t, c, func() time.Duration {
+		for i, a := range c.Nodes {
+			for _, b := range c.Nodes[i+1:] {
+				c.Flaky(a, b, 0.33)
+			}
+		}
+		time.Sleep(3 * time.Second) // the fault lasts this long, under load
+		c.HealAll()
+		return 0
+	})
+}
+
 // TestScenarioRollingUpgrade upgrades every node, one at a time, from the
 // release build to a build with a newer command version, under load: some
 // node accepts mail at every moment.
@@ -224,7 +264,7 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	r := scenario(t, c, func() time.Duration {
 		order := c.Followers(c.WaitLeader(30 * time.Second))
 		order = append(order, c.WaitLeader(30*time.Second))
 		for _, n := range order {
@@ -243,5 +283,42 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 			return l.API("POST", "/v1/debug/note", map[string]string{"Key": "after", "Text": "upgrade"}, nil)
 		})
 		return 0
+	})
+	// Some node accepts mail at every moment: the longest pause between two
+	// acknowledgements stays of the order of one message's round trip (tens
+	// of milliseconds here), far from an election's second or more.
+	if r.window > 2*time.Second {
+		t.Errorf("no node accepted mail for %s during the upgrade", r.window)
+	}
+}
+
+// TestUpgradeCheckRefusesWhileANodeIsDown: with one of three nodes down,
+// taking another down would lose the majority; upgrade-check says so, names
+// the node and what to do, and exits 1. Once the node is back it is safe.
+func TestUpgradeCheckRefusesWhileANodeIsDown(t *testing.T) {
+	c := harness.New(t, harness.Options{})
+	l := c.WaitLeader(60 * time.Second)
+	c.WaitVoters(l, 60*time.Second, "n1", "n2", "n3")
+	f := c.Followers(l)[0]
+	f.Kill()
+	harness.Eventually(t, 30*time.Second, "upgrade-check refuses", func() error {
+		out, _, err := l.CLI("cluster", "upgrade-check")
+		if err == nil {
+			return fmt.Errorf("exit 0 with %s down:\n%s", f.ID, out)
+		}
+		for _, want := range []string{"NOT safe", "node " + f.ID + " is not healthy", "start it again", "next:"} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+		return nil
+	})
+	f.Start()
+	harness.Eventually(t, 60*time.Second, "upgrade-check says safe", func() error {
+		out, _, err := l.CLI("cluster", "upgrade-check")
+		if err != nil || !strings.Contains(out, "SAFE") {
+			return fmt.Errorf("%v:\n%s", err, out)
+		}
+		return nil
 	})
 }

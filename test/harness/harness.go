@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -695,6 +696,16 @@ func (c *Cluster) Split(a, b []*Node) {
 func (c *Cluster) CutOneWay(a, b *Node) {
 	c.t.Helper()
 	c.addRule("INPUT", "-s", a.IP, "-d", b.IP, "-j", "DROP")
+}
+
+// Flaky drops a share p (0 to 1) of the packets between a and b, both
+// ways, at random: a lossy link, on which TCP retransmits and stalls.
+func (c *Cluster) Flaky(a, b *Node, p float64) {
+	c.t.Helper()
+	prob := strconv.FormatFloat(p, 'f', 3, 64)
+	for _, d := range [][2]*Node{{a, b}, {b, a}} {
+		c.addRule("INPUT", "-s", d[0].IP, "-d", d[1].IP, "-m", "statistic", "--mode", "random", "--probability", prob, "-j", "DROP")
+	}
 }
 
 func (c *Cluster) addRule(chain string, spec ...string) {
