@@ -39,7 +39,14 @@ func smtpIngest(t *harness.Runner, sessions, messages, size int, only string) {
 		}
 		c := setup(t, nodes)
 		if path := os.Getenv("BENCH_PROFILE"); path != "" {
-			go func() { time.Sleep(3 * time.Second); fetchProfile(c, c.WaitLeader(time.Minute), path) }()
+			go func() {
+				time.Sleep(3 * time.Second)
+				n := c.WaitLeader(time.Minute)
+				if os.Getenv("BENCH_PROFILE_FOLLOWER") != "" && nodes > 1 {
+					n = c.Followers(n)[0]
+				}
+				fetchProfile(c, n, path)
+			}()
 		}
 		var addrs []string
 		for _, n := range c.Nodes {

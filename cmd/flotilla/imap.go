@@ -24,7 +24,7 @@ func startIMAP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 	}
 	srv := &imap.Server{
 		Cluster: env.node,
-		Mechanisms: &auth.Mechanisms{Lookup: imap.Lookup(env.node.Store()), Hostname: env.hostname,
+		Mechanisms: &auth.Mechanisms{Lookup: imap.Lookup(env.node.Store()), Hostname: env.hostname, AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 			DecoyParams:  auth.DefaultParams(),
 			DecoyKeyFunc: func() []byte { return env.node.Store().Secret(storage.SecretSASLDecoy) }},
 		TLSConfig: env.tls.Config(),

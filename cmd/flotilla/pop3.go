@@ -25,6 +25,7 @@ func startPOP3(ctx context.Context, env *mailEnv) (func(context.Context), error)
 	log := env.log.With("proto", "pop3")
 	backend, err := pop3store.New(pop3store.Config{
 		Node: env.node, Logger: log, AuthParams: auth.DefaultParams(), Hostname: env.hostname,
+		AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 	})
 	if err != nil {
 		return nil, err

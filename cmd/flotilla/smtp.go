@@ -17,8 +17,8 @@ import (
 // cut off.
 //
 // Limits are the package defaults (smtp.Default*): 32 MiB messages, 100
-// recipients, 5 minute reads; there are no flags for them yet, nor for
-// CRAM-MD5, which needs secrets derived with it (see mail/auth).
+// recipients, 5 minute reads; there are no flags for them yet. CRAM-MD5
+// is offered with --allow-cram-md5 (it needs secrets derived with it).
 func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error) {
 	ports := []struct {
 		port int
@@ -26,7 +26,7 @@ func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 	}{{env.cfg.SMTPPort, smtp.MX}, {env.cfg.SubmissionPort, smtp.Submission}, {env.cfg.SMTPSPort, smtp.SubmissionTLS}}
 	srv, err := smtp.New(smtp.Config{
 		Backend: env.node, Hostname: env.hostname, TLSConfig: env.tls.Config(),
-		Logger: env.log.With("proto", "smtp"),
+		Logger: env.log.With("proto", "smtp"), AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 	})
 	if err != nil {
 		return nil, err

@@ -27,8 +27,9 @@ type Server struct {
 	// Token is the bearer token the HTTP port requires; empty disables the
 	// API there (the control socket still works).
 	Token string
-	// Derive turns a password into the secrets stored for a user.
-	Derive func(password string) (storage.Secrets, error)
+	// Derive turns a password into the secrets stored for a user; with
+	// cramMD5, also the one CRAM-MD5 needs.
+	Derive func(password string, cramMD5 bool) (storage.Secrets, error)
 	Log    *slog.Logger
 }
 
@@ -319,6 +320,7 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 		Password string `json:"password"`
 		Name     string `json:"name"`
 		Quota    int64  `json:"quota_bytes"`
+		CRAMMD5  bool   `json:"cram_md5"`
 	}
 	if err := decode(r, &in); err != nil {
 		return nil, err
@@ -327,7 +329,7 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	secrets, err := s.Derive(in.Password)
+	secrets, err := s.Derive(in.Password, in.CRAMMD5)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}
@@ -341,11 +343,12 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 func (s *Server) setPassword(r *http.Request) (any, error) {
 	var in struct {
 		Password string `json:"password"`
+		CRAMMD5  bool   `json:"cram_md5"`
 	}
 	if err := decode(r, &in); err != nil {
 		return nil, err
 	}
-	secrets, err := s.Derive(in.Password)
+	secrets, err := s.Derive(in.Password, in.CRAMMD5)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}
