@@ -411,6 +411,20 @@ func (n *Node) Verify(ctx context.Context) (VerifyReport, error) {
 	}
 	wg.Wait()
 	sort.Slice(rep.Nodes, func(i, j int) bool { return rep.Nodes[i].ID < rep.Nodes[j].ID })
+	// The reference is the digest a majority of servers share: a leader
+	// whose own state diverged must not make the healthy nodes look wrong.
+	// Without a majority the leader's digest stays the reference.
+	count := map[string]int{}
+	for _, nd := range rep.Nodes {
+		if nd.Digest != "" {
+			count[nd.Digest]++
+		}
+	}
+	for d, c := range count {
+		if 2*c > len(servers) {
+			rep.Digest = d
+		}
+	}
 	for _, nd := range rep.Nodes {
 		if nd.Digest != rep.Digest {
 			rep.Consistent = false

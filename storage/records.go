@@ -41,6 +41,7 @@ type Secrets struct {
 	ScramStoredKey []byte
 	ScramServerKey []byte
 	CRAMMD5        []byte // precomputed HMAC-MD5 key state; only when enabled
+	APOP           []byte // APOP's shared secret (the password); only when enabled
 }
 
 // User is a mail account. Its ID never changes; its address may not change
@@ -67,6 +68,7 @@ func (u *User) marshal() []byte {
 		s.Blob(4, u.Secrets.ScramStoredKey)
 		s.Blob(5, u.Secrets.ScramServerKey)
 		s.Blob(6, u.Secrets.CRAMMD5)
+		s.Blob(7, u.Secrets.APOP)
 	})
 	e.Int(5, u.QuotaBytes)
 	e.Int(6, u.Created)
@@ -99,6 +101,8 @@ func (u *User) unmarshal(b []byte) error {
 					s.ScramServerKey = g.Copy()
 				case 6:
 					s.CRAMMD5 = g.Copy()
+				case 7:
+					s.APOP = g.Copy()
 				}
 			})
 		case 5:

@@ -517,19 +517,18 @@ func TestClusterVerifyFindsDivergence(t *testing.T) {
 			t.Fatalf("%s: alice's quota %d, want %d", n.ID, u.QuotaBytes, want)
 		}
 	}
-	// The report compares with the leader's digest: keep the tampered node
-	// from leading, or the two good nodes would be the odd ones.
-	if leader == victim {
-		other := c.Followers(victim)[0]
-		victim.MustCLI("cluster", "transfer-leadership", "--to", other.ID)
-		if leader = c.WaitLeader(30 * time.Second); leader == victim {
-			t.Fatalf("%s still leads", victim.ID)
+	// The tampered node leads: the verdict must still name it, not the
+	// two good nodes (the reference is the majority's digest).
+	if leader != victim {
+		leader.MustCLI("cluster", "transfer-leadership", "--to", victim.ID)
+		if leader = c.WaitLeader(30 * time.Second); leader != victim {
+			t.Fatalf("%s leads, not %s", leader.ID, victim.ID)
 		}
 	}
-	var healthy *harness.Node
+	var healthy, other *harness.Node
 	for _, n := range c.Nodes {
-		if n != victim && n != leader {
-			healthy = n
+		if n != victim {
+			healthy, other = n, healthy
 		}
 	}
 
@@ -563,8 +562,8 @@ func TestClusterVerifyFindsDivergence(t *testing.T) {
 				return fmt.Errorf("%s: %q, want a digest and %s\n%s", id, cells, want, out)
 			}
 		}
-		if rows[victim.ID][0] == rows[leader.ID][0] {
-			return fmt.Errorf("diverging node shows the leader's digest\n%s", out)
+		if rows[victim.ID][0] == rows[healthy.ID][0] || rows[other.ID][0] != rows[healthy.ID][0] {
+			return fmt.Errorf("digests: the good nodes differ, or the diverging one shows theirs\n%s", out)
 		}
 		if strings.Contains(out, "all nodes identical") {
 			return fmt.Errorf("says identical:\n%s", out)

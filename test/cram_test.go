@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,59 @@ func TestCRAMMD5OptIn(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// apopPy logs in with APOP through Python's poplib and prints the answer.
+const apopPy = `
+import poplib, sys
+host, port, user, pw = sys.argv[1:5]
+p = poplib.POP3(host, int(port), timeout=20)
+print("greeting-timestamp" if p.timestamp.search(p.welcome) else "greeting-plain")
+try:
+    print(p.apop(user, pw).decode())
+    p.quit()
+except poplib.error_proto as e:
+    print("ERR", e)
+`
+
+func apopLogin(t *testing.T, n *harness.Node, user, pw string) string {
+	t.Helper()
+	out, err := exec.Command("python3", "-c", apopPy, n.IP, fmt.Sprint(harness.POP3Port), user, pw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("python: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// TestAPOPOptIn: with --allow-apop the POP3 greeting carries a timestamp
+// and an account whose password was set with --apop logs in with APOP on
+// every node; others, and wrong passwords, are refused. Without the flag
+// (the default) no timestamp is offered.
+func TestAPOPOptIn(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed (scripts/ci-deps.sh installs it)")
+	}
+	c := harness.New(t, harness.Options{Args: []string{"--allow-apop"}})
+	leader := c.WaitLeader(60 * time.Second)
+	c.WaitVoters(leader, 60*time.Second, "n1", "n2", "n3")
+	leader.MustCLI("domain", "add", "apop.test")
+	if _, errOut, err := leader.CLIInput("erin-secret\n", "user", "add", "erin@apop.test", "--password-stdin", "--apop"); err != nil {
+		t.Fatalf("user add --apop: %v %s", err, errOut)
+	}
+	seedUser(t, leader, "frank@apop.test") // no APOP secret
+	for _, n := range c.Nodes {
+		harness.Eventually(t, 20*time.Second, n.ID+" knows the users", func() error {
+			return n.API("GET", "/v1/users/frank@apop.test?stale=1", nil, nil)
+		})
+	}
+	for _, n := range c.Nodes {
+		if out := apopLogin(t, n, "erin@apop.test", "erin-secret"); !strings.HasPrefix(out, "greeting-timestamp\n+OK") {
+			t.Errorf("%s: APOP for erin: %q", n.ID, out)
+		}
+	}
+	for _, tc := range []struct{ user, pw string }{{"frank@apop.test", "pw-frank@apop.test"}, {"erin@apop.test", "wrong"}, {"nobody@apop.test", "x"}} {
+		if out := apopLogin(t, c.Nodes[1], tc.user, tc.pw); !strings.Contains(out, "ERR") || !strings.Contains(out, "[AUTH]") {
+			t.Errorf("APOP %s/%s: %q", tc.user, tc.pw, out)
+		}
+	}
 }

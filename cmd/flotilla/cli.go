@@ -343,7 +343,7 @@ func (c *cli) user(ctx context.Context, args []string) error {
 		return usageErr(c.stderr, "user: add, list, passwd, remove, mailboxes or import")
 	}
 	fs, cn := c.flags("user " + args[0])
-	var pwStdin, cram bool
+	var pwStdin, cram, apop bool
 	var pw, name, domain string
 	var quota int64
 	switch args[0] {
@@ -351,6 +351,7 @@ func (c *cli) user(ctx context.Context, args []string) error {
 		fs.BoolVar(&pwStdin, "password-stdin", false, "read the password from standard input")
 		fs.StringVar(&pw, "password", "", "the password (visible to other local users; prefer --password-stdin)")
 		fs.BoolVar(&cram, "cram-md5", false, "also store the secret CRAM-MD5 needs (password-equivalent for CRAM-MD5; nodes offer it with --allow-cram-md5)")
+		fs.BoolVar(&apop, "apop", false, "also store the secret POP3 APOP needs: the password itself (nodes offer APOP with --allow-apop)")
 	}
 	if args[0] == "add" {
 		fs.StringVar(&name, "name", "", "display name")
@@ -410,7 +411,7 @@ func (c *cli) user(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			err = cn.do(ctx, "POST", "/v1/users", map[string]any{"address": addr, "password": p, "name": name, "quota_bytes": quota, "cram_md5": cram}, nil)
+			err = cn.do(ctx, "POST", "/v1/users", map[string]any{"address": addr, "password": p, "name": name, "quota_bytes": quota, "cram_md5": cram, "apop": apop}, nil)
 			if err != nil {
 				return err
 			}
@@ -419,7 +420,7 @@ func (c *cli) user(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			if err := cn.do(ctx, "PUT", "/v1/users/"+url.PathEscape(addr)+"/password", map[string]any{"password": p, "cram_md5": cram}, nil); err != nil {
+			if err := cn.do(ctx, "PUT", "/v1/users/"+url.PathEscape(addr)+"/password", map[string]any{"password": p, "cram_md5": cram, "apop": apop}, nil); err != nil {
 				return err
 			}
 		case "remove":

@@ -30,9 +30,13 @@ func startPOP3(ctx context.Context, env *mailEnv) (func(context.Context), error)
 	if err != nil {
 		return nil, err
 	}
+	var be pop3.Backend = backend
+	if env.cfg.AllowAPOP {
+		be = pop3store.WithAPOP(backend)
+	}
 	tlsConfig := env.tls.Config()
 	srv := &pop3.Server{
-		Backend:   backend,
+		Backend:   be,
 		TLSConfig: tlsConfig,
 		Hostname:  env.hostname,
 		Logger:    log,

@@ -97,9 +97,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("node started", "version", buildVersion(), "cluster", net.JoinHostPort(advertise, strconv.Itoa(cfg.ClusterPort)))
 
-	api := &admin.Server{Node: node, Token: cfg.APIToken, Log: log, Derive: func(pw string, cramMD5 bool) (storage.Secrets, error) {
+	api := &admin.Server{Node: node, Token: cfg.APIToken, Log: log, Derive: func(pw string, legacy admin.LegacySecrets) (storage.Secrets, error) {
 		p := auth.DefaultParams()
-		p.CRAMMD5 = cramMD5
+		p.CRAMMD5, p.APOP = legacy.CRAMMD5, legacy.APOP
 		s, err := auth.Derive(pw, p)
 		return storage.Secrets(s), err
 	}}
@@ -266,7 +266,7 @@ func devWelcome(ctx context.Context, node *cluster.Node, api *admin.Server, cfg 
 		log.Error("demo domain", "err", err)
 		return
 	}
-	secrets, err := api.Derive(pw, false)
+	secrets, err := api.Derive(pw, admin.LegacySecrets{})
 	if err == nil {
 		_, _, err = node.Propose(ctx, &command.AddUser{Address: user, Name: "Demo User", Secrets: secrets})
 	}

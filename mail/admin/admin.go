@@ -27,9 +27,9 @@ type Server struct {
 	// Token is the bearer token the HTTP port requires; empty disables the
 	// API there (the control socket still works).
 	Token string
-	// Derive turns a password into the secrets stored for a user; with
-	// cramMD5, also the one CRAM-MD5 needs.
-	Derive func(password string, cramMD5 bool) (storage.Secrets, error)
+	// Derive turns a password into the secrets stored for a user, with
+	// the optional password-equivalent ones that legacy asks for.
+	Derive func(password string, legacy LegacySecrets) (storage.Secrets, error)
 	Log    *slog.Logger
 }
 
@@ -320,7 +320,7 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 		Password string `json:"password"`
 		Name     string `json:"name"`
 		Quota    int64  `json:"quota_bytes"`
-		CRAMMD5  bool   `json:"cram_md5"`
+		LegacySecrets
 	}
 	if err := decode(r, &in); err != nil {
 		return nil, err
@@ -329,7 +329,7 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	secrets, err := s.Derive(in.Password, in.CRAMMD5)
+	secrets, err := s.Derive(in.Password, in.LegacySecrets)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}
@@ -340,15 +340,22 @@ func (s *Server) addUser(r *http.Request) (any, error) {
 	return User{Address: addr, Name: in.Name, QuotaBytes: in.Quota}, nil
 }
 
+// LegacySecrets asks for the password-equivalent secrets of older
+// mechanisms, beside the hashes every account has.
+type LegacySecrets struct {
+	CRAMMD5 bool `json:"cram_md5"` // CRAM-MD5's HMAC key state
+	APOP    bool `json:"apop"`     // POP3 APOP's shared secret: the password itself
+}
+
 func (s *Server) setPassword(r *http.Request) (any, error) {
 	var in struct {
 		Password string `json:"password"`
-		CRAMMD5  bool   `json:"cram_md5"`
+		LegacySecrets
 	}
 	if err := decode(r, &in); err != nil {
 		return nil, err
 	}
-	secrets, err := s.Derive(in.Password, in.CRAMMD5)
+	secrets, err := s.Derive(in.Password, in.LegacySecrets)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}

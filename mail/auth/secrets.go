@@ -6,8 +6,9 @@
 // mechanisms need: an argon2id hash for PLAIN and LOGIN (where the client
 // sends the password itself), SCRAM-SHA-256 keys (where the client proves it
 // knows the password without sending it) and, only when an admin turns it on,
-// the HMAC-MD5 key state of CRAM-MD5. The last one is password-equivalent for
-// CRAM-MD5 itself, which is why it is opt-in per account.
+// the HMAC-MD5 key state of CRAM-MD5, and the shared secret of POP3's APOP.
+// Those two are password-equivalent (APOP's is the password itself), which
+// is why they are opt-in per account.
 package auth
 
 import (
@@ -51,6 +52,11 @@ type Secrets struct {
 	// halves of equal length. It is enough to answer CRAM-MD5 for this user,
 	// so treat it like a password.
 	CRAMMD5 []byte
+
+	// APOP is set only when Params.APOP was: the password itself, which
+	// APOP (RFC 1939 section 7) hashes with each session's timestamp. It
+	// is the one secret that reveals the password; store it knowingly.
+	APOP []byte
 }
 
 // Params sets the cost of Derive and which optional secrets it produces.
@@ -60,6 +66,7 @@ type Params struct {
 	Threads   uint8  // argon2id lanes
 	ScramIter int    // PBKDF2 iterations for SCRAM-SHA-256
 	CRAMMD5   bool   // also store the CRAM-MD5 key state
+	APOP      bool   // also store APOP's shared secret (the password)
 }
 
 // DefaultParams follows OWASP's argon2id recommendation (19 MiB, 2 passes,
@@ -117,6 +124,9 @@ func Derive(password string, p Params) (Secrets, error) {
 		if s.CRAMMD5, err = cramState(password); err != nil {
 			return Secrets{}, err
 		}
+	}
+	if p.APOP {
+		s.APOP = []byte(password)
 	}
 	return s, nil
 }

@@ -7,9 +7,10 @@
 // session allows a password in clear, see pop3.ConnInfo.PasswordOK) go
 // through mail/auth, so unknown and disabled users cost the same decoy work
 // as real ones and get the same answer. USER/PASS is checked by the PLAIN
-// mechanism itself, so the two share every rule. APOP is not offered: it
-// needs the password, or something equivalent to it, on the server, and a
-// node stores only salted hashes and SCRAM keys (mail/auth).
+// mechanism itself, so the two share every rule. APOP needs the password
+// itself on the server, so a Backend does not offer it; WithAPOP does, for
+// the accounts an admin gave the APOP secret (`user add --apop`), on nodes
+// started with --allow-apop.
 //
 // A user is read from the node's local state. A name not found there is
 // looked up again after a linearizable read (Node.ReadIndex), so a user just
@@ -141,6 +142,25 @@ func New(cfg Config) (*Backend, error) {
 		DecoyKeyFunc: func() []byte { return cfg.Node.Store().Secret(storage.SecretSASLDecoy) },
 	}
 	return b, nil
+}
+
+// WithAPOP returns b offering APOP too (the greeting then carries a
+// timestamp). Only accounts whose password was set with the APOP secret
+// (auth.Params.APOP) can use it; for the others APOP fails like a wrong
+// password.
+func WithAPOP(b *Backend) pop3.APOPBackend { return apopBackend{b} }
+
+type apopBackend struct{ *Backend }
+
+func (b apopBackend) APOP(ctx context.Context, c pop3.ConnInfo, user, banner, digest string) (pop3.Maildrop, error) {
+	u, err := b.user(ctx, user)
+	if err != nil {
+		return nil, authError(err)
+	}
+	if len(u.Secrets.APOP) == 0 || !pop3.CheckAPOP(banner, string(u.Secrets.APOP), digest) {
+		return nil, fmt.Errorf("%w: APOP digest does not match", pop3.ErrAuthFailed)
+	}
+	return &maildrop{b: b.Backend, userID: u.ID, log: b.log.With("user", u.Address)}, nil
 }
 
 // Login checks USER/PASS with the PLAIN mechanism, so that both share the

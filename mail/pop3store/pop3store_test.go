@@ -46,7 +46,7 @@ func TestPOP3CleartextPolicy(t *testing.T) {
 	}
 }
 
-// TestPOP3NoAPOP: we store no password-equivalent secret, so no APOP.
+// TestPOP3NoAPOP: a Backend offers no APOP unless wrapped by WithAPOP.
 func TestPOP3NoAPOP(t *testing.T) {
 	e := newEnv(t)
 	s := e.serve("n1", nil)
