@@ -87,6 +87,7 @@ func encodeSecrets(e *codec.Encoder, s *storage.Secrets) {
 	e.Blob(4, s.ScramStoredKey)
 	e.Blob(5, s.ScramServerKey)
 	e.Blob(6, s.CRAMMD5)
+	e.Blob(7, s.APOP)
 }
 
 func decodeSecrets(f codec.Field, s *storage.Secrets) {
@@ -103,6 +104,8 @@ func decodeSecrets(f codec.Field, s *storage.Secrets) {
 		s.ScramServerKey = f.Copy()
 	case 6:
 		s.CRAMMD5 = f.Copy()
+	case 7:
+		s.APOP = f.Copy()
 	}
 }
 
