@@ -154,7 +154,12 @@ func cmdAuthenticate(s *session, tag string, p *parser, uid bool) (string, strin
 		if string(line) == "*" {
 			return "", "", bad("", "authentication cancelled")
 		}
-		if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
+		if string(line) == "=" {
+			// An empty response written as SASL-IR writes an empty initial
+			// response: go-imap's client does this after SCRAM's
+			// server-final message.
+			response = []byte{}
+		} else if response, err = base64.StdEncoding.DecodeString(string(line)); err != nil {
 			return "", "", bad("CLIENTBUG", "SASL response is not base64")
 		}
 	}

@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/xdg-go/scram"
 )
 
 // The parts of the multipart message the section tests append. Each part's
@@ -443,5 +446,60 @@ func TestIMAPSearchFlagKeysAndBcc(t *testing.T) {
 	// UID SEARCH answers in UIDs: the same here, as nothing was expunged.
 	if u := r.ok("UID SEARCH UNANSWERED UNSEEN"); len(u) != 1 || u[0] != "* SEARCH 2 4" {
 		t.Errorf("UID SEARCH UNANSWERED UNSEEN: %q", u)
+	}
+}
+
+// secScram is SCRAM-SHA-256 for go-sasl, on xdg-go/scram.
+type secScram struct {
+	user, pass string
+	conv       *scram.ClientConversation
+}
+
+func (c *secScram) Start() (string, []byte, error) {
+	cl, err := scram.SHA256.NewClient(c.user, c.pass, "")
+	if err != nil {
+		return "", nil, err
+	}
+	c.conv = cl.NewConversation()
+	first, err := c.conv.Step("")
+	return "SCRAM-SHA-256", []byte(first), err
+}
+
+func (c *secScram) Next(challenge []byte) ([]byte, error) {
+	resp, err := c.conv.Step(string(challenge))
+	return []byte(resp), err
+}
+
+// TestIMAPAuthenticateSCRAMWithGoIMAP: go-imap's client answers SCRAM's
+// server-final message with "=" (an empty response written as SASL-IR
+// writes one); the exchange completes and the server's signature verifies.
+// A raw "=" after a challenge is an empty response, not bad base64.
+func TestIMAPAuthenticateSCRAMWithGoIMAP(t *testing.T) {
+	e := newEnv(t)
+	c, err := imapclient.DialInsecure(e.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc := &secScram{user: "alice@example.org", pass: testPassword}
+	if err := c.Authenticate(sc); err != nil {
+		t.Fatalf("AUTHENTICATE SCRAM-SHA-256: %v", err)
+	}
+	if !sc.conv.Valid() {
+		t.Fatal("the server's SCRAM signature did not verify")
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// PLAIN with an empty response: a malformed PLAIN message, not bad
+	// base64.
+	r := e.raw()
+	r.send("A1 AUTHENTICATE PLAIN\r\n")
+	if l := r.line(); l != "+ " && l != "+" {
+		t.Fatalf("AUTHENTICATE PLAIN: %q", l)
+	}
+	r.send("=\r\n")
+	if _, tagged := r.until("A1"); strings.Contains(tagged, "not base64") || !strings.HasPrefix(tagged, "A1 NO") && !strings.HasPrefix(tagged, "A1 BAD") {
+		t.Fatalf("empty PLAIN response: %q", tagged)
 	}
 }
