@@ -384,9 +384,16 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	// No deadline is added here: submit bounds its own retries, and a
 	// committed write is waited for until it is applied here (or the
 	// caller gives up), never reported failed.
-	entry := newEntry(c)
+	//
+	// A follower does not wait for the leader to apply the entry: apply is
+	// deterministic, so its own state machine computes the same response,
+	// which it keeps under the request ID. The leader answers at commit,
+	// and the wait for the leader's store commit (an fsync) leaves the
+	// path of every write made through a follower.
+	entry, id := newEntry(c)
 	start := time.Now()
-	idx, resp, err := n.submit(ctx, entry)
+	leader := n.raft.State() == raft.Leader
+	idx, resp, err := n.submitWith(ctx, entry, !leader)
 	if err != nil {
 		return command.Response{}, 0, err
 	}
@@ -394,7 +401,30 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	if err := n.WaitApplied(ctx, idx); err != nil {
 		return resp, idx, fmt.Errorf("committed at index %d but not yet applied here: %w", idx, err)
 	}
+	if !leader {
+		if resp, err = n.localResponse(id); err != nil {
+			return resp, idx, fmt.Errorf("committed at index %d: %w", idx, err)
+		}
+	}
 	return resp, idx, resp.Err()
+}
+
+// localResponse is the response this node's state machine recorded for a
+// request it has applied.
+func (n *Node) localResponse(id storage.RequestID) (command.Response, error) {
+	var raw []byte
+	var ok bool
+	err := n.store.View(func(tx *storage.Tx) error {
+		raw, ok = tx.Request(id)
+		return nil
+	})
+	if err != nil {
+		return command.Response{}, err
+	}
+	if !ok {
+		return command.Response{}, fmt.Errorf("no response recorded for request %x", id)
+	}
+	return command.UnmarshalResponse(raw)
 }
 
 // ProposeCommitted replicates a command and returns as soon as it is
@@ -406,7 +436,7 @@ func (n *Node) ProposeCommitted(ctx context.Context, c command.Command) (uint64,
 	if _, err := n.checkVersion(c); err != nil {
 		return 0, err
 	}
-	entry := newEntry(c)
+	entry, _ := newEntry(c)
 	start := time.Now()
 	idx, _, err := n.submitWith(ctx, entry, true)
 	if err == nil {
@@ -428,11 +458,12 @@ func (n *Node) checkVersion(c command.Command) (command.Spec, error) {
 }
 
 // newEntry encodes a command as a log entry with a fresh request ID.
-func newEntry(c command.Command) []byte {
+func newEntry(c command.Command) ([]byte, storage.RequestID) {
 	now := time.Now()
 	var r [8]byte
 	_, _ = rand.Read(r[:])
-	return command.Encode(c, storage.NewRequestID(now, r[:]), now)
+	id := storage.NewRequestID(now, r[:])
+	return command.Encode(c, id, now), id
 }
 
 var errNotLeader = errors.New("not the leader")
