@@ -135,7 +135,7 @@ func (t *commitTracker) check() bool {
 	if r == nil {
 		return false
 	}
-	commit := r.CommitIndex()
+	commit, term := r.CommitIndex(), r.CurrentTerm()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pending := false
@@ -147,7 +147,14 @@ func (t *commitTracker) check() bool {
 			pending = true
 			continue
 		}
+		// In the term the entry was stored in, no other entry can have
+		// taken its index (one leader a term); only after a change of
+		// term must the log be read to see that it still holds it.
 		var l raft.Log
+		if w.term == term {
+			t.answer(req, w, w.index)
+			continue
+		}
 		if err := t.logs.GetLog(w.index, &l); err != nil || l.Term != w.term {
 			// Overwritten by another leader: the entry was not committed
 			// here; the proposer learns it from its apply future.
