@@ -12,14 +12,18 @@ import (
 	"github.com/flotilla-mail/flotilla/test/workload"
 )
 
-// The fault scenarios of the CI tier. Each runs SMTP senders against every
-// node while a fault happens, heals, and checks that every message answered
-// 250 is on every node exactly once; it prints one line with what it saw.
+// The fault scenarios of the CI tier. Each runs SMTP senders, IMAP readers
+// and flag writers and POP3 retrievers against every node while a fault
+// happens, heals, and checks that every message answered 250 is on every
+// node exactly once, every acknowledged flag is on every node, and each
+// session read its own writes and never went back; it prints one line with
+// what it saw.
 
 var chaosUsers = []string{"u1@example.org", "u2@example.org", "u3@example.org"}
 
 type scenarioResult struct {
 	acked, lost, duplicated int
+	flags                   int // acknowledged IMAP flag writes
 	window, election        time.Duration
 }
 
@@ -36,9 +40,25 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 		seedUser(t, leader, u)
 	}
 	w := workload.StartMail(c, chaosUsers, 2*len(c.Nodes))
+	// Readers and flag writers on every node, and POP3 retrievers that
+	// delete nothing, on the same users (passwords as seedUser sets them).
+	passwords := map[string]string{}
+	for _, u := range chaosUsers {
+		passwords[u] = "pw-" + u
+	}
+	im := workload.StartIMAP(c, passwords, len(c.Nodes))
+	pop := workload.StartPOP3(c, passwords, 2)
+	t.Cleanup(func() { im.Stop(); pop.Stop() }) // if the test ends early
 	harness.Eventually(t, 60*time.Second, "mail flowing", func() error {
 		if n := len(w.Snapshot()); n < 20 {
 			return fmt.Errorf("%d acknowledged", n)
+		}
+		// The IMAP and POP3 workloads are under way too.
+		if n := im.Acked(); n < 2 {
+			return fmt.Errorf("%d flag writes acknowledged", n)
+		}
+		if n := pop.Retrieved(); n < 1 {
+			return fmt.Errorf("%d messages retrieved over POP3", n)
 		}
 		return nil
 	})
@@ -50,10 +70,15 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 		if n := w.AckedSince(healedAt); n < 10 {
 			return fmt.Errorf("%d acknowledged since", n)
 		}
+		if n := im.AckedSince(healedAt); n < 1 {
+			return fmt.Errorf("%d flag writes acknowledged since", n)
+		}
 		return nil
 	})
 	to := time.Now()
 	acks := w.Stop()
+	flagWrites, imapProblems := im.Stop()
+	popRes := pop.Stop()
 
 	c.HealAll()
 	for _, n := range c.Nodes {
@@ -65,14 +90,32 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	c.WaitVoters(leader, 90*time.Second, ids...)
 	verifyClean(t, leader, len(c.Nodes))
 	res := workload.Check(c, chaosUsers, acks, w.Unknown)
-	r := scenarioResult{acked: res.Acked, lost: res.Lost, duplicated: res.Duplicated,
+	flagProblems := workload.CheckFlags(c, chaosUsers, flagWrites)
+	r := scenarioResult{acked: res.Acked, lost: res.Lost, duplicated: res.Duplicated, flags: len(flagWrites),
 		window: workload.MaxGap(acks, from, to), election: election}
-	line := fmt.Sprintf("scenario %-34s acked %5d  lost %d  duplicated %d  longest no-accept window %7s  election %7s",
-		t.Name(), r.acked, r.lost, r.duplicated, r.window.Round(time.Millisecond), r.election.Round(time.Millisecond))
+	line := fmt.Sprintf("scenario %-34s acked %5d  lost %d  duplicated %d  flags %4d  longest no-accept window %7s  election %7s",
+		t.Name(), r.acked, r.lost, r.duplicated, r.flags, r.window.Round(time.Millisecond), r.election.Round(time.Millisecond))
 	t.Log(line)
 	recordScenario(line)
+	t.Logf("IMAP: %d connections; POP3: %d sessions, %d messages retrieved, %d logins refused [IN-USE] (expected), %d other refusals %v",
+		im.Connections(), popRes.Sessions, popRes.Retrieved, popRes.InUse, popRes.Refused, popRes.Reasons)
 	for _, p := range res.Problems {
 		t.Error(p)
+	}
+	for _, p := range imapProblems {
+		t.Error(p)
+	}
+	for _, p := range popRes.Problems {
+		t.Error(p)
+	}
+	for _, p := range flagProblems {
+		t.Error(p)
+	}
+	if r.flags == 0 {
+		t.Error("no IMAP flag write was acknowledged: the IMAP workload did not run")
+	}
+	if popRes.Retrieved == 0 {
+		t.Error("no message was retrieved over POP3: the POP3 workload did not run")
 	}
 	if r.lost != 0 || r.duplicated != 0 {
 		t.Fatalf("lost %d, duplicated %d", r.lost, r.duplicated)

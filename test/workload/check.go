@@ -48,8 +48,8 @@ func Check(c *harness.Cluster, users []string, acks []Ack, unknown func(string) 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				var ms []admin.Message
-				if err := n.API("GET", "/v1/users/"+u+"/messages?stale=1", nil, &ms); err != nil {
+				ms, err := listMessages(n, u)
+				if err != nil {
 					mu.Lock()
 					res.Problems = append(res.Problems, fmt.Sprintf("%s: list %s: %v", n.ID, u, err))
 					mu.Unlock()
@@ -110,6 +110,14 @@ func Check(c *harness.Cluster, users []string, acks []Ack, unknown func(string) 
 	}
 	sort.Strings(res.Problems)
 	return res
+}
+
+// listMessages is a user's INBOX as node n has it, without waiting for the
+// leader (stale=1): what the node itself serves.
+func listMessages(n *harness.Node, user string) ([]admin.Message, error) {
+	var ms []admin.Message
+	err := n.API("GET", "/v1/users/"+user+"/messages?stale=1", nil, &ms)
+	return ms, err
 }
 
 func messageID(raw []byte) string {
