@@ -3,7 +3,8 @@
 # archive, quietly; starts dockerd when no Docker engine answers.
 set -euo pipefail
 
-packages=(iptables docker.io swaks python3 fetchmail postfix dovecot-imapd dovecot-pop3d isync)
+# swaks needs the two Perl TLS modules for --tls (they are only recommended).
+packages=(iptables docker.io swaks libnet-ssleay-perl libio-socket-ssl-perl python3 fetchmail postfix dovecot-imapd dovecot-pop3d isync)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
