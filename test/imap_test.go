@@ -357,6 +357,22 @@ SyncState *
 		if err := cl.Create("Server-Made", nil).Wait(); err != nil {
 			t.Fatal(err)
 		}
+		// Those went through another node: wait until mbsync's node has
+		// them (sessions on different nodes are not linearizable).
+		fcl := imapDial(t, follower, user, nil)
+		harness.Eventually(t, 10*time.Second, "the follower has the server's changes", func() error {
+			if _, err := fcl.Status("Server-Made", &goimap.StatusOptions{NumMessages: true}).Wait(); err != nil {
+				return err
+			}
+			st, err := fcl.Status("Projects/Alpha", &goimap.StatusOptions{NumMessages: true}).Wait()
+			if err != nil {
+				return err
+			}
+			if *st.NumMessages != 2 {
+				return fmt.Errorf("Projects/Alpha has %d messages", *st.NumMessages)
+			}
+			return nil
+		})
 		run()
 		if n := countMaildir(t, filepath.Join(maildir, "Projects/Alpha")); n != 2 {
 			t.Fatalf("Projects/Alpha has %d local messages after sync down", n)
