@@ -311,10 +311,16 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 		order := c.Followers(c.WaitLeader(30 * time.Second))
 		order = append(order, c.WaitLeader(30*time.Second))
 		for _, n := range order {
-			out, errOut, err := n.CLI("cluster", "upgrade-check")
-			if err != nil {
-				t.Fatalf("upgrade-check before %s: %v\n%s%s", n.ID, err, out, errOut)
-			}
+			// As an operator does: roll the next node once upgrade-check
+			// says it is safe (the node restarted before may still be
+			// catching up).
+			harness.Eventually(t, 60*time.Second, "upgrade-check safe before "+n.ID, func() error {
+				out, errOut, err := n.CLI("cluster", "upgrade-check")
+				if err != nil {
+					return fmt.Errorf("%v\n%s%s", err, out, errOut)
+				}
+				return nil
+			})
 			n.Stop() // SIGTERM: drains, hands leadership over
 			n.Bin = next
 			n.Start()
