@@ -22,8 +22,8 @@ import (
 	goimap "github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
-	"github.com/xdg-go/scram"
 
+	"github.com/flotilla-mail/flotilla/mail/auth"
 	"github.com/flotilla-mail/flotilla/test/harness"
 )
 
@@ -333,27 +333,6 @@ func TestIMAPCrossNodeUnsolicitedUpdates(t *testing.T) {
 	}
 }
 
-// scramClient is SCRAM-SHA-256 for go-sasl, on xdg-go/scram.
-type scramClient struct {
-	user, pass string
-	conv       *scram.ClientConversation
-}
-
-func (c *scramClient) Start() (string, []byte, error) {
-	cl, err := scram.SHA256.NewClient(c.user, c.pass, "")
-	if err != nil {
-		return "", nil, err
-	}
-	c.conv = cl.NewConversation()
-	first, err := c.conv.Step("")
-	return "SCRAM-SHA-256", []byte(first), err
-}
-
-func (c *scramClient) Next(challenge []byte) ([]byte, error) {
-	resp, err := c.conv.Step(string(challenge))
-	return []byte(resp), err
-}
-
 // cramClient is CRAM-MD5 (RFC 2195) for go-sasl.
 type cramClient struct{ user, pass string }
 
@@ -446,8 +425,8 @@ func TestIMAPSAndSASLMechanisms(t *testing.T) {
 		good, wrong func(user string) sasl.Client
 	}{
 		{"SCRAM-SHA-256",
-			func(u string) sasl.Client { return &scramClient{user: u, pass: "pw-" + u} },
-			func(u string) sasl.Client { return &scramClient{user: u, pass: "wrong"} }},
+			func(u string) sasl.Client { return &auth.ScramClient{User: u, Password: "pw-" + u} },
+			func(u string) sasl.Client { return &auth.ScramClient{User: u, Password: "wrong"} }},
 		{"LOGIN",
 			func(u string) sasl.Client { return sasl.NewLoginClient(u, "pw-"+u) },
 			func(u string) sasl.Client { return sasl.NewLoginClient(u, "wrong") }},
@@ -465,7 +444,7 @@ func TestIMAPSAndSASLMechanisms(t *testing.T) {
 			t.Errorf("AUTHENTICATE %s: %v", m.name, err)
 			continue
 		}
-		if s, ok := sc.(*scramClient); ok && !s.conv.Valid() {
+		if s, ok := sc.(*auth.ScramClient); ok && !s.Verified() {
 			t.Errorf("SCRAM: the server's signature did not verify")
 		}
 		if _, err := cl.Select("INBOX", nil).Wait(); err != nil {
@@ -515,7 +494,7 @@ func TestIMAPSAndSASLMechanisms(t *testing.T) {
 		t.Errorf("CRAM-MD5 for an account without the CRAM-MD5 secret: %v", err)
 	}
 	// The other mechanisms still work on n3 with the new secrets.
-	if err := starttls(n3).Authenticate(&scramClient{user: alice, pass: "pw-" + alice}); err != nil {
+	if err := starttls(n3).Authenticate(&auth.ScramClient{User: alice, Password: "pw-" + alice}); err != nil {
 		t.Errorf("SCRAM-SHA-256 on n3 after passwd: %v", err)
 	}
 }
