@@ -52,6 +52,7 @@ func main() {
 		c.WaitVoters(c.WaitLeader(60*time.Second), 120*time.Second, ids...)
 		time.Sleep(time.Duration(2+rng.IntN(5)) * time.Second)
 	}
+	stopped := time.Now() // the window is measured while mail was offered
 	acks := w.Stop()
 	heal(c)
 	leader = c.WaitLeader(60 * time.Second)
@@ -65,9 +66,10 @@ func main() {
 	for k, v := range counts {
 		faults = append(faults, fmt.Sprintf("%s x%d", k, v))
 	}
-	fmt.Printf("chaos summary: %s of faults (%s); acked %d, lost %d, duplicated %d, refused attempts %d, longest no-accept window %s; cluster verify clean\n",
+	gap, at := workload.MaxGapAt(acks, start, stopped)
+	fmt.Printf("chaos summary: %s of faults (%s); acked %d, lost %d, duplicated %d, refused attempts %d, longest no-accept window %s (from %.1fs); cluster verify clean\n",
 		duration.String(), strings.Join(faults, ", "), res.Acked, res.Lost, res.Duplicated, w.Refused(),
-		workload.MaxGap(acks, start, time.Now()).Round(time.Millisecond))
+		gap.Round(time.Millisecond), at.Sub(start).Seconds())
 	for _, p := range res.Problems {
 		fmt.Println("problem:", p)
 	}

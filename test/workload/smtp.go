@@ -188,6 +188,12 @@ func deliver(n *harness.Node, rcpt, body string) (ok, ambiguous bool) {
 // MaxGap is the longest time between from and to during which no node
 // acknowledged any message.
 func MaxGap(acks []Ack, from, to time.Time) time.Duration {
+	gap, _ := MaxGapAt(acks, from, to)
+	return gap
+}
+
+// MaxGapAt is MaxGap and the moment that gap began.
+func MaxGapAt(acks []Ack, from, to time.Time) (time.Duration, time.Time) {
 	times := []time.Time{from}
 	for _, a := range acks {
 		if a.At.After(from) && a.At.Before(to) {
@@ -197,8 +203,11 @@ func MaxGap(acks []Ack, from, to time.Time) time.Duration {
 	times = append(times, to)
 	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
 	var gap time.Duration
+	at := from
 	for i := 1; i < len(times); i++ {
-		gap = max(gap, times[i].Sub(times[i-1]))
+		if d := times[i].Sub(times[i-1]); d > gap {
+			gap, at = d, times[i-1]
+		}
 	}
-	return gap
+	return gap, at
 }
