@@ -83,22 +83,7 @@ func cramLogin(t *testing.T, n *harness.Node, user, pw string) cramResult {
 // with it on every protocol and every node, one without it (no stored
 // secret) is refused, and so is a wrong password.
 func TestCRAMMD5OptIn(t *testing.T) {
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 not installed (scripts/ci-deps.sh installs it)")
-	}
-	c := harness.New(t, harness.Options{Args: []string{"--allow-cram-md5"}})
-	leader := c.WaitLeader(60 * time.Second)
-	c.WaitVoters(leader, 60*time.Second, "n1", "n2", "n3")
-	leader.MustCLI("domain", "add", "cram.test")
-	if _, errOut, err := leader.CLIInput("carol-secret\n", "user", "add", "carol@cram.test", "--password-stdin", "--cram-md5"); err != nil {
-		t.Fatalf("user add --cram-md5: %v %s", err, errOut)
-	}
-	seedUser(t, leader, "dave@cram.test") // no CRAM-MD5 secret
-	for _, n := range c.Nodes {
-		harness.Eventually(t, 20*time.Second, n.ID+" knows the users", func() error {
-			return n.API("GET", "/v1/users/dave@cram.test?stale=1", nil, nil)
-		})
-	}
+	c, leader := optInCluster(t, "--allow-cram-md5", "carol@cram.test", "carol-secret", "--cram-md5", "dave@cram.test")
 	for _, n := range c.Nodes {
 		r := cramLogin(t, n, "carol@cram.test", "carol-secret")
 		t.Logf("%s: %+v", n.ID, r)
@@ -154,22 +139,7 @@ func apopLogin(t *testing.T, n *harness.Node, user, pw string) string {
 // every node; others, and wrong passwords, are refused. Without the flag
 // (the default) no timestamp is offered.
 func TestAPOPOptIn(t *testing.T) {
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 not installed (scripts/ci-deps.sh installs it)")
-	}
-	c := harness.New(t, harness.Options{Args: []string{"--allow-apop"}})
-	leader := c.WaitLeader(60 * time.Second)
-	c.WaitVoters(leader, 60*time.Second, "n1", "n2", "n3")
-	leader.MustCLI("domain", "add", "apop.test")
-	if _, errOut, err := leader.CLIInput("erin-secret\n", "user", "add", "erin@apop.test", "--password-stdin", "--apop"); err != nil {
-		t.Fatalf("user add --apop: %v %s", err, errOut)
-	}
-	seedUser(t, leader, "frank@apop.test") // no APOP secret
-	for _, n := range c.Nodes {
-		harness.Eventually(t, 20*time.Second, n.ID+" knows the users", func() error {
-			return n.API("GET", "/v1/users/frank@apop.test?stale=1", nil, nil)
-		})
-	}
+	c, _ := optInCluster(t, "--allow-apop", "erin@apop.test", "erin-secret", "--apop", "frank@apop.test")
 	for _, n := range c.Nodes {
 		if out := apopLogin(t, n, "erin@apop.test", "erin-secret"); !strings.HasPrefix(out, "greeting-timestamp\n+OK") {
 			t.Errorf("%s: APOP for erin: %q", n.ID, out)
@@ -180,4 +150,27 @@ func TestAPOPOptIn(t *testing.T) {
 			t.Errorf("APOP %s/%s: %q", tc.user, tc.pw, out)
 		}
 	}
+}
+
+// optInCluster starts three nodes with nodeFlag, adds user with password
+// and userFlag, and other without it, and waits until every node knows both.
+func optInCluster(t *testing.T, nodeFlag, user, password, userFlag, other string) (*harness.Cluster, *harness.Node) {
+	t.Helper()
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed (scripts/ci-deps.sh installs it)")
+	}
+	c := harness.New(t, harness.Options{Args: []string{nodeFlag}})
+	leader := c.WaitLeader(60 * time.Second)
+	c.WaitVoters(leader, 60*time.Second, "n1", "n2", "n3")
+	leader.MustCLI("domain", "add", user[strings.IndexByte(user, '@')+1:])
+	if _, errOut, err := leader.CLIInput(password+"\n", "user", "add", user, "--password-stdin", userFlag); err != nil {
+		t.Fatalf("user add %s: %v %s", userFlag, err, errOut)
+	}
+	seedUser(t, leader, other) // without the legacy secret
+	for _, n := range c.Nodes {
+		harness.Eventually(t, 20*time.Second, n.ID+" knows the users", func() error {
+			return n.API("GET", "/v1/users/"+other+"?stale=1", nil, nil)
+		})
+	}
+	return c, leader
 }

@@ -127,7 +127,7 @@ func checkFlagsOnce(c *harness.Cluster, users []string, writes []FlagWrite) []st
 	return p
 }
 
-func sortedKeys(m map[string]bool) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)

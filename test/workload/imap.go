@@ -84,11 +84,7 @@ type IMAP struct {
 // to the next node whenever its node fails or refuses.
 func StartIMAP(c *harness.Cluster, users map[string]string, sessions int) *IMAP {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &IMAP{c: c, pass: users, cancel: cancel, ids: map[string]string{}}
-	for u := range users {
-		w.users = append(w.users, u)
-	}
-	sort.Strings(w.users)
+	w := &IMAP{c: c, pass: users, users: sortedKeys(users), cancel: cancel, ids: map[string]string{}}
 	for i := 0; i < sessions; i++ {
 		w.wg.Add(1)
 		go func() {

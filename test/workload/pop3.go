@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,11 +51,7 @@ type POP3Result struct {
 // moves to the next node after each round.
 func StartPOP3(c *harness.Cluster, users map[string]string, sessions int) *POP3 {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &POP3{c: c, pass: users, cancel: cancel, uidls: map[string]string{}, validity: map[string]string{}}
-	for u := range users {
-		w.users = append(w.users, u)
-	}
-	sort.Strings(w.users)
+	w := &POP3{c: c, pass: users, users: sortedKeys(users), cancel: cancel, uidls: map[string]string{}, validity: map[string]string{}}
 	for i := 0; i < sessions; i++ {
 		w.wg.Add(1)
 		go func() {
