@@ -155,9 +155,30 @@ func electionAfter(t *testing.T, nodes []*harness.Node, old string, since time.T
 	return d
 }
 
+// fault is what a scenario does to a loaded cluster; it returns the time
+// the cluster took to elect a new leader (0 when no election is expected).
+type fault func(t *testing.T, c *harness.Cluster) time.Duration
+
+// onTiers runs a scenario on processes, then on a cluster of Docker
+// containers (FLOTILLA_SKIP_DOCKER=1 leaves those out). Every scenario runs
+// on both but the rolling upgrade, whose second build is a binary on the
+// host.
+func onTiers(t *testing.T, opt harness.Options, f fault) {
+	for _, tier := range []harness.Tier{harness.Processes, harness.Docker} {
+		t.Run(tier.String(), func(t *testing.T) {
+			if tier == harness.Docker && os.Getenv("FLOTILLA_SKIP_DOCKER") == "1" {
+				t.Skip("FLOTILLA_SKIP_DOCKER=1")
+			}
+			o := opt
+			o.Tier = tier
+			c := harness.New(t, o)
+			scenario(t, c, func() time.Duration { return f(t, c) })
+		})
+	}
+}
+
 func TestScenarioLeaderKilled(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		l.Kill()
@@ -168,8 +189,7 @@ func TestScenarioLeaderKilled(t *testing.T) {
 }
 
 func TestScenarioFollowerKilled(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
 		f.Kill()
 		time.Sleep(2 * time.Second) // mail flows while it is down (the workload runs)
@@ -179,8 +199,7 @@ func TestScenarioFollowerKilled(t *testing.T) {
 }
 
 func TestScenarioPartitionedLeader(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		c.Isolate(l)
@@ -192,8 +211,7 @@ func TestScenarioPartitionedLeader(t *testing.T) {
 }
 
 func TestScenarioLeaderPaused(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		l.Pause()
@@ -205,8 +223,7 @@ func TestScenarioLeaderPaused(t *testing.T) {
 }
 
 func TestScenarioAllKilled(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		for _, n := range c.Nodes {
 			n.Kill()
 		}
@@ -219,8 +236,7 @@ func TestScenarioAllKilled(t *testing.T) {
 }
 
 func TestScenarioNodeReplacedByEmptyOne(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
 		f.Kill()
 		f.WipeData()
@@ -231,8 +247,7 @@ func TestScenarioNodeReplacedByEmptyOne(t *testing.T) {
 }
 
 func TestScenarioFiveNodesSplit(t *testing.T) {
-	c := harness.New(t, harness.Options{Nodes: 5})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{Nodes: 5}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		// The leader goes to the minority side.
 		minority := []*harness.Node{l}
@@ -263,8 +278,7 @@ func TestScenarioFiveNodesSplit(t *testing.T) {
 // followers, while theirs still reach it. The followers elect a new leader;
 // the old one must step down rather than go on taking writes.
 func TestScenarioOneWayFromLeader(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		for _, f := range c.Followers(l) {
@@ -285,14 +299,34 @@ func TestScenarioOneWayFromLeader(t *testing.T) {
 // TestScenarioFlakyLinks: every link between the nodes loses a third of its
 // packets for a while; mail goes on, slower, and nothing is lost.
 func TestScenarioFlakyLinks(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	scenario(t, c, func() time.Duration {
+	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
 		for i, a := range c.Nodes {
 			for _, b := range c.Nodes[i+1:] {
 				c.Flaky(a, b, 0.33)
 			}
 		}
 		time.Sleep(3 * time.Second) // the fault lasts this long, under load
+		c.HealAll()
+		return 0
+	})
+}
+
+// TestScenarioSlowLinks: every link between the nodes runs through a fault
+// proxy that delays each direction by 40-80 ms (a link between distant
+// sites), and then the leader's link to one follower is throttled to
+// 32 KB/s as well, under load. Mail goes on, slower; nothing is lost, and
+// no election happens: slow is not dead.
+func TestScenarioSlowLinks(t *testing.T) {
+	onTiers(t, harness.Options{LinkProxy: true}, func(t *testing.T, c *harness.Cluster) time.Duration {
+		l := c.WaitLeader(30 * time.Second)
+		for i, a := range c.Nodes {
+			for _, b := range c.Nodes[i+1:] {
+				c.Slow(a, b, 60, 20)
+			}
+		}
+		time.Sleep(2 * time.Second) // the fault lasts this long, under load
+		c.Throttle(l, c.Followers(l)[0], 32)
+		time.Sleep(2 * time.Second)
 		c.HealAll()
 		return 0
 	})

@@ -64,6 +64,11 @@ type config struct {
 	// AllowAPOP offers POP3's APOP to accounts whose password was set with
 	// `--apop` (their password is then stored as such).
 	AllowAPOP bool `toml:"allow_apop"`
+	// AllowInsecureAuth lets passwords be sent on cleartext connections
+	// from any address (IMAP LOGIN, POP3 USER/PASS, SMTP AUTH), for
+	// networks where TLS is done elsewhere; by default only over TLS or
+	// from loopback.
+	AllowInsecureAuth bool `toml:"allow_insecure_auth"`
 }
 
 // duration reads "5m" from TOML and flags alike.
@@ -200,6 +205,7 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	fs.StringVar(&cfg.DNSResolver, "dns-resolver", cfg.DNSResolver, "host:port of the DNS server every lookup of this node goes to (default: /etc/resolv.conf)")
 	fs.BoolVar(&cfg.AllowAPOP, "allow-apop", cfg.AllowAPOP, "offer POP3 APOP (to accounts whose password was set with --apop)")
+	fs.BoolVar(&cfg.AllowInsecureAuth, "allow-insecure-auth", cfg.AllowInsecureAuth, "accept passwords on cleartext connections from any address, not only over TLS or from loopback")
 	fs.BoolVar(&cfg.AllowCRAMMD5, "allow-cram-md5", cfg.AllowCRAMMD5, "offer CRAM-MD5 (to accounts whose password was set with --cram-md5)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target (GOGC), when GOGC is not set: the heap is small, and collecting less often is a third more commits per CPU")
 	fs.BoolVar(&cfg.UnsafeNoSync, "unsafe-no-fsync", cfg.UnsafeNoSync, "skip fsync: loses acknowledged mail on power loss; for throwaway tests only")

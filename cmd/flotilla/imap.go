@@ -27,9 +27,10 @@ func startIMAP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Mechanisms: &auth.Mechanisms{Lookup: imap.Lookup(env.node.Store()), Hostname: env.hostname, AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 			DecoyParams:  auth.DefaultParams(),
 			DecoyKeyFunc: func() []byte { return env.node.Store().Secret(storage.SecretSASLDecoy) }},
-		TLSConfig: env.tls.Config(),
-		Logger:    env.log,
-		Version:   cluster.BuildVersion,
+		TLSConfig:         env.tls.Config(),
+		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
+		Logger:            env.log,
+		Version:           cluster.BuildVersion,
 	}
 	var lns []net.Listener
 	closeAll := func() {

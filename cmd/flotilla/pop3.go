@@ -41,6 +41,8 @@ func startPOP3(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Hostname:  env.hostname,
 		Logger:    log,
 		SASL:      backend.SASL,
+
+		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
 	}
 
 	type listener struct {

@@ -27,6 +27,7 @@ func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 	srv, err := smtp.New(smtp.Config{
 		Backend: env.node, Hostname: env.hostname, TLSConfig: env.tls.Config(),
 		Logger: env.log.With("proto", "smtp"), AllowCRAMMD5: env.cfg.AllowCRAMMD5,
+		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
 	})
 	if err != nil {
 		return nil, err

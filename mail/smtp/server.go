@@ -92,6 +92,9 @@ type Config struct {
 	// AllowCRAMMD5 offers CRAM-MD5; it works only for accounts whose
 	// secrets were derived with auth.Params.CRAMMD5.
 	AllowCRAMMD5 bool
+	// AllowInsecureAuth offers AUTH on cleartext connections from any
+	// address, not only over TLS or from loopback.
+	AllowInsecureAuth bool
 	// AuthParams is the cost accounts are derived with, so that unknown
 	// users cost as much as known ones (auth.Mechanisms.DecoyParams).
 	AuthParams auth.Params

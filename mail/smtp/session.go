@@ -47,7 +47,7 @@ func (b *backend) NewSession(gc *gosmtp.Conn) (gosmtp.Session, error) {
 	}
 	c.setTop(nc)
 	s := &session{srv: b.srv, c: c, kind: b.kind, helo: gc.Hostname(), tls: state}
-	s.secure = state != nil || (c.ip.IsLoopback() && !b.srv.cfg.noLoopbackExemption)
+	s.secure = state != nil || b.srv.cfg.AllowInsecureAuth || (c.ip.IsLoopback() && !b.srv.cfg.noLoopbackExemption)
 	s.log = b.srv.log.With("conn", c.id, "kind", b.kind.String(), "remote", c.RemoteAddr().String())
 	s.log.Debug("smtp session", "helo", s.helo, "tls", state != nil)
 	return s, nil

@@ -1,7 +1,10 @@
-// Package harness runs real Flotilla clusters of separate processes for
-// end-to-end tests: each node is the flotilla binary on its own loopback
-// address (127.A.B.n), so every node uses the standard test ports and a node
-// can be cut off with iptables rules on its address.
+// Package harness runs real Flotilla clusters for end-to-end tests, on one
+// of two tiers behind the same Cluster and Node: separate processes, each
+// on its own loopback address 127.A.B.n (fast), or containers of a FROM
+// scratch image on a private Docker network (Options.Tier = Docker). Every
+// node uses the standard test ports at its own address; faults (kill,
+// stop, pause, restart, cut links both ways or one way, lossy, slow or
+// throttled links, a wiped disk) work the same on both.
 package harness
 
 import (
@@ -15,14 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -135,6 +135,28 @@ type Options struct {
 	HeartbeatTimeout string
 	// NoStart creates the nodes without starting them.
 	NoStart bool
+	// Tier is where the nodes run: Processes (the default) or Docker.
+	Tier Tier
+	// LinkProxy runs every connection between two nodes' cluster ports
+	// through a fault proxy, so that Slow and Throttle can act on it.
+	LinkProxy bool
+}
+
+// Tier says where a cluster's nodes run.
+type Tier int
+
+const (
+	// Processes: each node a process on its own loopback address.
+	Processes Tier = iota
+	// Docker: each node a container on a private, internal Docker network.
+	Docker
+)
+
+func (t Tier) String() string {
+	if t == Docker {
+		return "docker"
+	}
+	return "processes"
 }
 
 // Cluster is a running test cluster.
@@ -145,10 +167,11 @@ type Cluster struct {
 	GossipKey string
 	Token     string
 	opt       Options
-	subnet    string // 127.A.B.
+	host      host
+	links     *linkProxies // with Options.LinkProxy
 	Nodes     []*Node
 	mu        sync.Mutex
-	rules     [][]string // iptables rules to remove at cleanup
+	cuts      []*cut
 }
 
 // Node is one flotilla process.
@@ -168,9 +191,14 @@ type Node struct {
 	TLSDir, GossipKey string
 
 	mu   sync.Mutex
+	done chan struct{} // open while it runs; nil before its first start
+	// the process tier's process and log file
 	cmd  *exec.Cmd
-	done chan struct{}
 	logf *os.File
+	// the container tier's container and the pid holding its network
+	// namespace (which outlives the container's restarts)
+	container string
+	netnsPid  int
 }
 
 // New starts a cluster of opt.Nodes fresh nodes that bootstrap together.
@@ -182,7 +210,11 @@ func New(t T, opt Options) *Cluster {
 	bin := Binary(t)
 	c := &Cluster{t: t, Dir: t.TempDir(), opt: opt}
 	c.TLSDir = filepath.Join(c.Dir, "tls")
-	c.subnet = freeSubnet(t)
+	if opt.Tier == Docker {
+		c.host = newDockerHost(t, c.Dir)
+	} else {
+		c.host = newProcessHost(t)
+	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	c.GossipKey = base64.StdEncoding.EncodeToString(key)
@@ -196,10 +228,27 @@ func New(t T, opt Options) *Cluster {
 	if out, err := Command(bin, "cluster", "tls-init", "--out", c.TLSDir, "--nodes", strings.Join(ids, ",")).CombinedOutput(); err != nil {
 		t.Fatalf("tls-init: %v: %s", err, out)
 	}
+	t.Cleanup(c.cleanup)
 	for i := 0; i < opt.Nodes; i++ {
 		c.newNode(opt.Nodes)
 	}
-	t.Cleanup(c.cleanup)
+	if opt.LinkProxy {
+		c.links = newLinkProxies()
+		for _, a := range c.Nodes {
+			for _, b := range c.Nodes {
+				if a == b {
+					continue
+				}
+				addr, err := c.links.add(a, b, c.host.proxyIP())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.host.redirect(a, b, addr); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
 	if !opt.NoStart {
 		for _, n := range c.Nodes {
 			n.Start()
@@ -208,32 +257,9 @@ func New(t T, opt Options) *Cluster {
 	return c
 }
 
-// freeSubnet picks 127.A.B. with nothing listening on its first addresses.
-func freeSubnet(t T) string {
-	for i := 0; i < 50; i++ {
-		a, _ := rand.Int(rand.Reader, big.NewInt(150))
-		b, _ := rand.Int(rand.Reader, big.NewInt(250))
-		subnet := fmt.Sprintf("127.%d.%d.", 100+a.Int64(), 1+b.Int64())
-		ok := true
-		for n := 1; n <= 8 && ok; n++ {
-			ln, err := net.Listen("tcp", fmt.Sprintf("%s%d:%d", subnet, n, ClusterPort))
-			if err != nil {
-				ok = false
-				break
-			}
-			ln.Close()
-		}
-		if ok {
-			return subnet
-		}
-	}
-	t.Fatal("no free loopback subnet")
-	return ""
-}
-
 func (c *Cluster) newNode(expect int) *Node {
 	i := len(c.Nodes) + 1
-	n := &Node{c: c, ID: fmt.Sprintf("n%d", i), IP: fmt.Sprintf("%s%d", c.subnet, i), Expect: expect}
+	n := &Node{c: c, ID: fmt.Sprintf("n%d", i), IP: c.host.ip(i), Expect: expect}
 	n.DataDir = filepath.Join(c.Dir, n.ID)
 	n.LogPath = filepath.Join(c.Dir, n.ID+".log")
 	c.Nodes = append(c.Nodes, n)
@@ -304,42 +330,26 @@ func (n *Node) args() []string {
 // ServeArgs is the node's `flotilla serve` command line, without "serve".
 func (n *Node) ServeArgs() []string { return n.args()[1:] }
 
-// Start starts the node's process (a restart keeps its data).
+// Start starts the node (a restart keeps its data).
 func (n *Node) Start() {
 	n.c.t.Helper()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd != nil {
+	if n.done != nil {
 		n.c.t.Fatalf("%s already running", n.ID)
 	}
-	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	done, err := n.c.host.start(n)
 	if err != nil {
-		n.c.t.Fatal(err)
-	}
-	fmt.Fprintf(f, "=== start %s at %s\n", n.ID, time.Now().Format(time.RFC3339Nano))
-	bin := n.Bin
-	if bin == "" {
-		bin = Binary(n.c.t)
-	}
-	cmd := Command(bin, n.args()...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
 		n.c.t.Fatalf("start %s: %v", n.ID, err)
 	}
-	n.cmd, n.logf, n.done = cmd, f, make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) {
-		_ = cmd.Wait()
-		close(done)
-	}(cmd, n.done)
+	n.done = done
 }
 
-// Running reports whether the process is alive.
+// Running reports whether the node is up (a paused node is).
 func (n *Node) Running() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd == nil {
+	if n.done == nil {
 		return false
 	}
 	select {
@@ -350,59 +360,69 @@ func (n *Node) Running() bool {
 	}
 }
 
-// Kill sends SIGKILL and waits for the process to end.
+// Kill sends SIGKILL and waits for the node to end.
 func (n *Node) Kill() { n.signal(syscall.SIGKILL, 10*time.Second) }
 
 // Stop sends SIGTERM and waits for a clean exit; it fails the test if the
-// node takes longer than timeout.
+// node takes longer than timeout or exits with an error.
 func (n *Node) Stop() { n.signal(syscall.SIGTERM, 30*time.Second) }
 
-// Pause and Resume freeze and thaw the process (SIGSTOP, SIGCONT).
-func (n *Node) Pause()  { n.sendOnly(syscall.SIGSTOP) }
-func (n *Node) Resume() { n.sendOnly(syscall.SIGCONT) }
+// Pause and Resume freeze and thaw the node (SIGSTOP and SIGCONT, or
+// docker pause and unpause).
+func (n *Node) Pause()  { n.freeze(true) }
+func (n *Node) Resume() { n.freeze(false) }
 
-func (n *Node) sendOnly(sig syscall.Signal) {
+func (n *Node) freeze(frozen bool) {
+	n.c.t.Helper()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd != nil {
-		_ = n.cmd.Process.Signal(sig)
+	if n.done == nil {
+		return
+	}
+	if err := n.c.host.freeze(n, frozen); err != nil {
+		n.c.t.Errorf("%s: pause/resume: %v", n.ID, err)
 	}
 }
 
 func (n *Node) signal(sig syscall.Signal, timeout time.Duration) {
 	n.c.t.Helper()
 	n.mu.Lock()
-	cmd, done, f := n.cmd, n.done, n.logf
+	done := n.done
 	n.mu.Unlock()
-	if cmd == nil {
+	if done == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGCONT)
-	_ = cmd.Process.Signal(sig)
+	if err := n.c.host.signal(n, sig); err != nil {
+		select {
+		case <-done: // it had ended already
+		default:
+			n.c.t.Errorf("%s: %s: %v", n.ID, sig, err)
+		}
+	}
 	select {
 	case <-done:
 	case <-time.After(timeout):
-		_ = cmd.Process.Kill()
+		_ = n.c.host.signal(n, syscall.SIGKILL)
 		<-done
 		n.c.t.Errorf("%s did not stop within %s of %s", n.ID, timeout, sig)
 	}
 	if sig == syscall.SIGTERM {
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
+		if code := n.c.host.exitCode(n); code != 0 {
 			n.c.t.Errorf("%s exited with code %d after SIGTERM", n.ID, code)
 		}
 	}
-	f.Close()
 	n.mu.Lock()
-	n.cmd = nil
+	n.c.host.stopped(n)
+	n.done = nil
 	n.mu.Unlock()
 }
 
-// Wait waits for the process to exit by itself and returns its exit code.
+// Wait waits for the node to exit by itself and returns its exit code.
 func (n *Node) Wait(timeout time.Duration) (int, error) {
 	n.mu.Lock()
-	cmd, done := n.cmd, n.done
+	done := n.done
 	n.mu.Unlock()
-	if cmd == nil {
+	if done == nil {
 		return 0, errors.New("not running")
 	}
 	select {
@@ -411,19 +431,18 @@ func (n *Node) Wait(timeout time.Duration) (int, error) {
 		return 0, fmt.Errorf("%s still running after %s", n.ID, timeout)
 	}
 	n.mu.Lock()
-	n.cmd = nil
-	n.logf.Close()
-	n.mu.Unlock()
-	return cmd.ProcessState.ExitCode(), nil
+	defer n.mu.Unlock()
+	code := n.c.host.exitCode(n)
+	n.c.host.stopped(n)
+	n.done = nil
+	return code, nil
 }
 
 // Log returns the node's log so far.
-func (n *Node) Log() string {
-	b, _ := os.ReadFile(n.LogPath)
-	return string(b)
-}
+func (n *Node) Log() string { return n.c.host.log(n) }
 
-// WipeData removes the node's data dir (the node must be stopped).
+// WipeData removes the node's data dir (the node must be stopped): its
+// disk is lost.
 func (n *Node) WipeData() {
 	if n.Running() {
 		n.c.t.Fatalf("%s: wipe while running", n.ID)
@@ -436,16 +455,22 @@ func (n *Node) WipeData() {
 func (c *Cluster) cleanup() {
 	for _, n := range c.Nodes {
 		n.mu.Lock()
-		cmd := n.cmd
+		done := n.done
 		n.mu.Unlock()
-		if cmd != nil {
-			_ = cmd.Process.Signal(syscall.SIGCONT)
-			_ = cmd.Process.Kill()
-			<-n.done
-			n.logf.Close()
+		if done != nil {
+			_ = c.host.freeze(n, false)
+			_ = c.host.signal(n, syscall.SIGKILL)
+			<-done
+			n.mu.Lock()
+			c.host.stopped(n)
+			n.done = nil
+			n.mu.Unlock()
 		}
 	}
 	c.HealAll()
+	if c.links != nil {
+		c.links.close()
+	}
 	for _, n := range c.Nodes {
 		log := n.Log()
 		if strings.Contains(log, "WARNING: DATA RACE") {
@@ -460,15 +485,14 @@ func (c *Cluster) cleanup() {
 			dst := filepath.Join(dir, strings.ReplaceAll(c.t.Name(), "/", "_"))
 			_ = os.MkdirAll(dst, 0o755)
 			for _, n := range c.Nodes {
-				if b, err := os.ReadFile(n.LogPath); err == nil {
-					_ = os.WriteFile(filepath.Join(dst, n.ID+".log"), b, 0o644)
-				}
+				_ = os.WriteFile(filepath.Join(dst, n.ID+".log"), []byte(n.Log()), 0o644)
 			}
 		}
 		for _, n := range c.Nodes {
 			c.t.Logf("---- log of %s (%s) ----\n%s", n.ID, n.LogPath, tail(n.Log(), 120))
 		}
 	}
+	c.host.close()
 }
 
 func tail(s string, lines int) string {
@@ -665,69 +689,6 @@ func (c *Cluster) Followers(leader *Node) []*Node {
 		}
 	}
 	return out
-}
-
-// Isolate cuts node n off from every other node of the cluster, both ways,
-// with iptables rules on their loopback addresses. Clients on 127.0.0.1 can
-// still reach it.
-func (c *Cluster) Isolate(n *Node) {
-	c.t.Helper()
-	for _, o := range c.Nodes {
-		if o == n {
-			continue
-		}
-		c.addRule("INPUT", "-s", n.IP, "-d", o.IP, "-j", "DROP")
-		c.addRule("INPUT", "-s", o.IP, "-d", n.IP, "-j", "DROP")
-	}
-}
-
-// Split cuts every link between the two groups, both ways.
-func (c *Cluster) Split(a, b []*Node) {
-	c.t.Helper()
-	for _, x := range a {
-		for _, y := range b {
-			c.addRule("INPUT", "-s", x.IP, "-d", y.IP, "-j", "DROP")
-			c.addRule("INPUT", "-s", y.IP, "-d", x.IP, "-j", "DROP")
-		}
-	}
-}
-
-// CutOneWay drops packets from a to b only.
-func (c *Cluster) CutOneWay(a, b *Node) {
-	c.t.Helper()
-	c.addRule("INPUT", "-s", a.IP, "-d", b.IP, "-j", "DROP")
-}
-
-// Flaky drops a share p (0 to 1) of the packets between a and b, both
-// ways, at random: a lossy link, on which TCP retransmits and stalls.
-func (c *Cluster) Flaky(a, b *Node, p float64) {
-	c.t.Helper()
-	prob := strconv.FormatFloat(p, 'f', 3, 64)
-	for _, d := range [][2]*Node{{a, b}, {b, a}} {
-		c.addRule("INPUT", "-s", d[0].IP, "-d", d[1].IP, "-m", "statistic", "--mode", "random", "--probability", prob, "-j", "DROP")
-	}
-}
-
-func (c *Cluster) addRule(chain string, spec ...string) {
-	c.t.Helper()
-	args := append([]string{"-w", "-I", chain}, spec...)
-	if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
-		c.t.Fatalf("iptables %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	c.mu.Lock()
-	c.rules = append(c.rules, append([]string{chain}, spec...))
-	c.mu.Unlock()
-}
-
-// HealAll removes every rule this cluster added.
-func (c *Cluster) HealAll() {
-	c.mu.Lock()
-	rules := c.rules
-	c.rules = nil
-	c.mu.Unlock()
-	for _, r := range rules {
-		_ = exec.Command("iptables", append([]string{"-w", "-D"}, r...)...).Run()
-	}
 }
 
 // Grep returns the lines of the node's log containing s.
