@@ -67,6 +67,10 @@ func respFor(err error) (e *Error, logIt bool) {
 		return &Error{Status: "NO", Code: "OVERQUOTA", Text: "quota exceeded"}, false
 	case errors.Is(err, storage.ErrInvalid):
 		return &Error{Status: "NO", Code: "CANNOT", Text: cleanText(err.Error())}, false
+	case errors.Is(err, cluster.ErrUncertain):
+		// Not "try again": the change may still take effect, and a
+		// repeated APPEND would store the message twice.
+		return &Error{Status: "NO", Code: "UNAVAILABLE", Text: "the cluster lost its majority while this change was in flight; it may still take effect: look before repeating it"}, true
 	case errors.Is(err, cluster.ErrUnavailable):
 		return &Error{Status: "NO", Code: "UNAVAILABLE", Text: "the cluster has no leader right now; try again shortly"}, true
 	case errors.Is(err, auth.ErrBadCredentials):

@@ -25,6 +25,11 @@ func (s *session) view(fn func(tx *storage.Tx) error) error {
 // node's store holds it, so the session reads its own write afterwards.
 func (s *session) propose(c command.Command) (command.Response, error) {
 	resp, idx, err := s.srv.Cluster.Propose(s.ctx, c)
+	if idx > 0 && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		// Committed, so it will take effect; only this session, ending,
+		// did not see it applied. "Try again" would make it twice.
+		return resp, &Error{Status: "NO", Code: "UNAVAILABLE", Text: "interrupted after the change was saved: reconnect to see it, do not repeat it", Err: err}
+	}
 	if idx > 0 {
 		ctx, cancel := context.WithTimeout(s.ctx, applyWait)
 		defer cancel()
