@@ -29,8 +29,14 @@ type testDNS struct {
 
 func startDNS(t *testing.T) *testDNS {
 	t.Helper()
+	return startDNSAt(t, "127.0.0.1")
+}
+
+// startDNSAt is startDNS on a given address.
+func startDNSAt(t *testing.T, ip string) *testDNS {
+	t.Helper()
 	d := &testDNS{mx: map[string][]string{}, a: map[string]string{}, broken: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

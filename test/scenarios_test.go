@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,22 +14,55 @@ import (
 )
 
 // The fault scenarios of the CI tier. Each runs SMTP senders, IMAP readers
-// and flag writers and POP3 retrievers against every node while a fault
-// happens, heals, and checks that every message answered 250 is on every
-// node exactly once, every acknowledged flag is on every node, and each
-// session read its own writes and never went back; it prints one line with
-// what it saw.
+// and flag writers, POP3 retrievers and submissions of outbound mail
+// against every node while a fault happens, heals, and checks that every
+// message answered 250 is on every node exactly once, every acknowledged
+// flag is on every node, each session read its own writes and never went
+// back, and every acknowledged outbound message reached the remote peer
+// (once, where no node failed); it prints one line with what it saw.
 
 var chaosUsers = []string{"u1@example.org", "u2@example.org", "u3@example.org"}
 
 type scenarioResult struct {
 	acked, lost, duplicated int
 	flags                   int // acknowledged IMAP flag writes
+	outbound                workload.OutboundResult
 	window, election        time.Duration
 }
 
+// Whether a scenario's nodes all stay up and reachable: only then must no
+// outbound message reach the peer twice (a node that dies or is cut off
+// mid-transfer has it sent again by another, at least once).
+const (
+	nodesFail    = false
+	nodesHealthy = true
+)
+
+// scenarioCluster makes and starts a cluster for a scenario, with a remote
+// peer for its outbound mail: a DNS server naming the sink as far.test's
+// MX, both where the nodes reach them.
+func scenarioCluster(t *testing.T, opt harness.Options) (*harness.Cluster, *workload.Sink) {
+	t.Helper()
+	opt.NoStart = true
+	c := harness.New(t, opt)
+	dns := startDNSAt(t, c.PeerIP(0))
+	ip := c.PeerIP(25)
+	sink, err := workload.StartSink(net.JoinHostPort(ip, "25"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	dns.setMX("far.test", "mx.far.test")
+	dns.setA("mx.far.test", ip)
+	for _, n := range c.Nodes {
+		n.Args = append(n.Args, "--dns-resolver", dns.Addr)
+		n.Start()
+	}
+	return c, sink
+}
+
 // scenario runs fault against a loaded cluster of the given size.
-func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scenarioResult {
+func scenario(t *testing.T, c *harness.Cluster, sink *workload.Sink, healthy bool, fault func() time.Duration) scenarioResult {
 	t.Helper()
 	ids := make([]string, len(c.Nodes))
 	for i, n := range c.Nodes {
@@ -39,6 +73,7 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	for _, u := range chaosUsers {
 		seedUser(t, leader, u)
 	}
+	setDelivery(t, leader, "settings", fastDelivery)
 	w := workload.StartMail(c, chaosUsers, 2*len(c.Nodes))
 	// Readers and flag writers on every node, and POP3 retrievers that
 	// delete nothing, on the same users (passwords as seedUser sets them).
@@ -48,7 +83,8 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	}
 	im := workload.StartIMAP(c, passwords, len(c.Nodes))
 	pop := workload.StartPOP3(c, passwords, 2)
-	t.Cleanup(func() { im.Stop(); pop.Stop() }) // if the test ends early
+	out := workload.StartOutbound(c, passwords, "far.test", len(c.Nodes))
+	t.Cleanup(func() { im.Stop(); pop.Stop(); out.Stop() }) // if the test ends early
 	harness.Eventually(t, 60*time.Second, "mail flowing", func() error {
 		if n := len(w.Snapshot()); n < 20 {
 			return fmt.Errorf("%d acknowledged", n)
@@ -59,6 +95,9 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 		}
 		if n := pop.Retrieved(); n < 1 {
 			return fmt.Errorf("%d messages retrieved over POP3", n)
+		}
+		if n := out.Acked(); n < 1 {
+			return fmt.Errorf("%d outbound messages acknowledged", n)
 		}
 		return nil
 	})
@@ -79,6 +118,7 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	acks := w.Stop()
 	flagWrites, imapProblems := im.Stop()
 	popRes := pop.Stop()
+	outAcks := out.Stop()
 
 	c.HealAll()
 	for _, n := range c.Nodes {
@@ -92,9 +132,11 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	res := workload.Check(c, chaosUsers, acks, w.Unknown)
 	flagProblems := workload.CheckFlags(c, chaosUsers, flagWrites)
 	r := scenarioResult{acked: res.Acked, lost: res.Lost, duplicated: res.Duplicated, flags: len(flagWrites),
-		window: workload.MaxGap(acks, from, to), election: election}
-	line := fmt.Sprintf("scenario %-34s acked %5d  lost %d  duplicated %d  flags %4d  longest no-accept window %7s  election %7s",
-		t.Name(), r.acked, r.lost, r.duplicated, r.flags, r.window.Round(time.Millisecond), r.election.Round(time.Millisecond))
+		outbound: workload.CheckOutbound(outAcks, sink, 90*time.Second),
+		window:   workload.MaxGap(acks, from, to), election: election}
+	line := fmt.Sprintf("scenario %-44s acked %5d  lost %d  duplicated %d  flags %4d  outbound %3d (lost %d, twice %d)  longest no-accept window %7s  election %7s",
+		t.Name(), r.acked, r.lost, r.duplicated, r.flags, r.outbound.Acked, r.outbound.Lost, r.outbound.Duplicated,
+		r.window.Round(time.Millisecond), r.election.Round(time.Millisecond))
 	t.Log(line)
 	recordScenario(line)
 	t.Logf("IMAP: %d connections; POP3: %d sessions, %d messages retrieved, %d logins refused [IN-USE] (expected), %d other refusals %v",
@@ -116,6 +158,15 @@ func scenario(t *testing.T, c *harness.Cluster, fault func() time.Duration) scen
 	}
 	if popRes.Retrieved == 0 {
 		t.Error("no message was retrieved over POP3: the POP3 workload did not run")
+	}
+	if r.outbound.Acked == 0 {
+		t.Error("no outbound message was acknowledged: the outbound workload did not run")
+	}
+	if r.outbound.Lost != 0 {
+		t.Errorf("%d acknowledged outbound messages never reached the peer", r.outbound.Lost)
+	}
+	if healthy && r.outbound.Duplicated != 0 {
+		t.Errorf("%d outbound messages reached the peer twice, though every node stayed healthy", r.outbound.Duplicated)
 	}
 	if r.lost != 0 || r.duplicated != 0 {
 		t.Fatalf("lost %d, duplicated %d", r.lost, r.duplicated)
@@ -163,7 +214,7 @@ type fault func(t *testing.T, c *harness.Cluster) time.Duration
 // containers (FLOTILLA_SKIP_DOCKER=1 leaves those out). Every scenario runs
 // on both but the rolling upgrade, whose second build is a binary on the
 // host.
-func onTiers(t *testing.T, opt harness.Options, f fault) {
+func onTiers(t *testing.T, opt harness.Options, healthy bool, f fault) {
 	for _, tier := range []harness.Tier{harness.Processes, harness.Docker} {
 		t.Run(tier.String(), func(t *testing.T) {
 			if tier == harness.Docker && os.Getenv("FLOTILLA_SKIP_DOCKER") == "1" {
@@ -171,14 +222,14 @@ func onTiers(t *testing.T, opt harness.Options, f fault) {
 			}
 			o := opt
 			o.Tier = tier
-			c := harness.New(t, o)
-			scenario(t, c, func() time.Duration { return f(t, c) })
+			c, sink := scenarioCluster(t, o)
+			scenario(t, c, sink, healthy, func() time.Duration { return f(t, c) })
 		})
 	}
 }
 
 func TestScenarioLeaderKilled(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		l.Kill()
@@ -189,7 +240,7 @@ func TestScenarioLeaderKilled(t *testing.T) {
 }
 
 func TestScenarioFollowerKilled(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
 		f.Kill()
 		time.Sleep(2 * time.Second) // mail flows while it is down (the workload runs)
@@ -199,7 +250,7 @@ func TestScenarioFollowerKilled(t *testing.T) {
 }
 
 func TestScenarioPartitionedLeader(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		c.Isolate(l)
@@ -211,7 +262,7 @@ func TestScenarioPartitionedLeader(t *testing.T) {
 }
 
 func TestScenarioLeaderPaused(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		l.Pause()
@@ -223,7 +274,7 @@ func TestScenarioLeaderPaused(t *testing.T) {
 }
 
 func TestScenarioAllKilled(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		for _, n := range c.Nodes {
 			n.Kill()
 		}
@@ -236,7 +287,7 @@ func TestScenarioAllKilled(t *testing.T) {
 }
 
 func TestScenarioNodeReplacedByEmptyOne(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		f := c.Followers(c.WaitLeader(30 * time.Second))[0]
 		f.Kill()
 		f.WipeData()
@@ -247,7 +298,7 @@ func TestScenarioNodeReplacedByEmptyOne(t *testing.T) {
 }
 
 func TestScenarioFiveNodesSplit(t *testing.T) {
-	onTiers(t, harness.Options{Nodes: 5}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{Nodes: 5}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		// The leader goes to the minority side.
 		minority := []*harness.Node{l}
@@ -278,7 +329,7 @@ func TestScenarioFiveNodesSplit(t *testing.T) {
 // followers, while theirs still reach it. The followers elect a new leader;
 // the old one must step down rather than go on taking writes.
 func TestScenarioOneWayFromLeader(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		start := time.Now()
 		for _, f := range c.Followers(l) {
@@ -299,7 +350,7 @@ func TestScenarioOneWayFromLeader(t *testing.T) {
 // TestScenarioFlakyLinks: every link between the nodes loses a third of its
 // packets for a while; mail goes on, slower, and nothing is lost.
 func TestScenarioFlakyLinks(t *testing.T) {
-	onTiers(t, harness.Options{}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
 		for i, a := range c.Nodes {
 			for _, b := range c.Nodes[i+1:] {
 				c.Flaky(a, b, 0.33)
@@ -317,7 +368,7 @@ func TestScenarioFlakyLinks(t *testing.T) {
 // 32 KB/s as well, under load. Mail goes on, slower; nothing is lost, and
 // no election happens: slow is not dead.
 func TestScenarioSlowLinks(t *testing.T) {
-	onTiers(t, harness.Options{LinkProxy: true}, func(t *testing.T, c *harness.Cluster) time.Duration {
+	onTiers(t, harness.Options{LinkProxy: true}, nodesHealthy, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
 		for i, a := range c.Nodes {
 			for _, b := range c.Nodes[i+1:] {
@@ -340,8 +391,8 @@ func TestScenarioRollingUpgrade(t *testing.T) {
 	if err := harness.BuildTo(next, "flotilla_next"); err != nil {
 		t.Fatal(err)
 	}
-	c := harness.New(t, harness.Options{})
-	r := scenario(t, c, func() time.Duration {
+	c, sink := scenarioCluster(t, harness.Options{})
+	r := scenario(t, c, sink, nodesHealthy, func() time.Duration {
 		order := c.Followers(c.WaitLeader(30 * time.Second))
 		order = append(order, c.WaitLeader(30*time.Second))
 		for _, n := range order {

@@ -190,6 +190,9 @@ func (h *dockerHost) ip(i int) string { return fmt.Sprintf("%s%d", h.prefix, 10+
 
 func (h *dockerHost) proxyIP() string { return h.gateway }
 
+// peerIP is the bridge's address on the host, the only one the nodes reach.
+func (h *dockerHost) peerIP(int) string { return h.gateway }
+
 // netns returns the pid holding n's network namespace, starting n's pause
 // container the first time.
 func (h *dockerHost) netns(n *Node) (int, error) {

@@ -102,6 +102,12 @@ func (l *linkProxies) close() {
 	}
 }
 
+// PeerIP is an address of this host, free at port (any port when 0), that
+// the nodes can reach: where a test runs the servers they talk to (a DNS
+// server, a remote MTA). On loopback a fresh 127.x address; for containers
+// the host's address on their bridge.
+func (c *Cluster) PeerIP(port int) string { return c.host.peerIP(port) }
+
 // Isolate cuts node n off from every other node of the cluster, both ways.
 // Clients can still reach it.
 func (c *Cluster) Isolate(n *Node) {

@@ -40,6 +40,9 @@ type host interface {
 	redirect(from, to *Node, addr string) error
 	// proxyIP is the address link proxies listen on, reachable by nodes.
 	proxyIP() string
+	// peerIP is an address of this host, free at port (any when 0), that
+	// the nodes reach.
+	peerIP(port int) string
 	// close removes what the host made (the nodes are already killed).
 	close()
 }
@@ -160,6 +163,8 @@ func (h *processHost) redirect(from, to *Node, addr string) error {
 }
 
 func (h *processHost) proxyIP() string { return "127.0.0.1" }
+
+func (h *processHost) peerIP(port int) string { return FreeLoopback(h.t, port) }
 
 // iptables inserts a rule into the host's tables; undo deletes it.
 func (h *processHost) iptables(table string, spec []string) (func(), error) {

@@ -49,7 +49,8 @@ func checkFlagsOnce(c *harness.Cluster, users []string, writes []FlagWrite) []st
 			continue
 		}
 		nodes = append(nodes, n.ID)
-		views[n.ID] = map[string]*view{}
+		nv := map[string]*view{} // the goroutines touch this, never views
+		views[n.ID] = nv
 		for _, u := range users {
 			wg.Add(1)
 			go func() {
@@ -79,7 +80,7 @@ func checkFlagsOnce(c *harness.Cluster, users []string, writes []FlagWrite) []st
 					}
 					v.flags[m.UID] = fs
 				}
-				views[n.ID][u] = v
+				nv[u] = v
 			}()
 		}
 	}
