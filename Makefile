@@ -31,9 +31,11 @@ bench: build
 	scripts/bench.sh
 
 # The long soak: random faults for CHAOS_DURATION (default 10m) under load.
+# CHAOS_ARGS adds flags, e.g. CHAOS_ARGS="--tier docker --nodes 3".
 CHAOS_DURATION ?= 10m
+CHAOS_ARGS ?=
 chaos:
-	$(GO) run ./cmd/flotilla-chaos --duration $(CHAOS_DURATION)
+	$(GO) run ./cmd/flotilla-chaos --duration $(CHAOS_DURATION) $(CHAOS_ARGS)
 
 fuzz:
 	scripts/fuzz.sh

@@ -273,7 +273,7 @@ func (n *Node) selfStatus() NodeStatus {
 		ID: n.cfg.NodeID, Address: n.members.self.Cluster, State: stateName(n.raft.State()),
 		Healthy: true, AppliedIndex: n.fsm.Applied(), CommitIndex: n.raft.CommitIndex(),
 		Version: BuildVersion, CommandVersion: command.Version(), Site: n.cfg.Site,
-		HTTPAddress: n.cfg.HTTPAddr, ClusterID: n.id.clusterID(), Leader: string(leader),
+		HTTPAddress: n.cfg.HTTPAddr, ClusterID: n.clusterID(), Leader: string(leader),
 		Voter: n.servers()[n.cfg.NodeID].Suffrage == raft.Voter,
 	}
 }
@@ -291,11 +291,23 @@ func stateName(s raft.RaftState) string {
 	}
 }
 
+// clusterID is the cluster this node belongs to: as its data dir records
+// it, or, in the seconds before the maintenance loop records it there, as
+// its state machine has applied it.
+func (n *Node) clusterID() string {
+	if cid := n.id.clusterID(); cid != "" {
+		return cid
+	}
+	var cid string
+	_ = n.store.View(func(tx *storage.Tx) error { cid = tx.ClusterID(); return nil })
+	return cid
+}
+
 // Status asks every server of the configuration, and every member gossip
 // knows, how it is. A node that does not answer is reported unhealthy.
 func (n *Node) Status(ctx context.Context) Status {
 	_, leader := n.raft.LeaderWithID()
-	st := Status{Leader: string(leader), ClusterID: n.id.clusterID(), Self: n.cfg.NodeID}
+	st := Status{Leader: string(leader), ClusterID: n.clusterID(), Self: n.cfg.NodeID}
 	servers := n.servers()
 	members := n.members.snapshot()
 	ids := map[string]bool{}

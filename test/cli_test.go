@@ -153,7 +153,8 @@ func TestCLIDirectoryCommands(t *testing.T) {
 
 	// Domains: added through two nodes, listed on the third.
 	mustCLIOut(t, n1, "", "domain example.org added\n", "domain", "add", "example.org")
-	mustCLIOut(t, n3, "", "domain other.test added\n", "domain", "add", "other.test")
+	// The name as stored, lower case, whatever the case typed.
+	mustCLIOut(t, n3, "", "domain other.test added\n", "domain", "add", "Other.TEST")
 	waitListed(t, n2, "DOMAIN", func(rows map[string][]string) error {
 		if err := exactly("example.org", "other.test")(rows); err != nil {
 			return err
@@ -173,7 +174,7 @@ func TestCLIDirectoryCommands(t *testing.T) {
 	const alice, bob = "alice@example.org", "bob@example.org"
 	const pw1, pw2 = "first secret", "second secret"
 	mustCLIOut(t, n2, pw1+"\n", "user "+alice+" added\n", "user", "add", alice, "--password-stdin", "--name", "Alice", "--quota", "1000000")
-	mustCLIOut(t, n3, "pw-bob\r\n", "user "+bob+" added\n", "user", "add", bob, "--name", "Bob", "--password-stdin")
+	mustCLIOut(t, n3, "pw-bob\r\n", "user "+bob+" added\n", "user", "add", "bob@EXAMPLE.org", "--name", "Bob", "--password-stdin")
 	waitListed(t, n1, "ADDRESS", func(rows map[string][]string) error {
 		if err := exactly(alice, bob)(rows); err != nil {
 			return err

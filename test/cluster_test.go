@@ -73,6 +73,11 @@ func TestFollowerWriteReachesEveryNode(t *testing.T) {
 		t.Fatalf("follower reads back %v, %v", ds, err)
 	}
 	waitDomain(t, c, "example.org")
+	// The cluster's ID shows at once: the node has applied the entry that
+	// made it (the first), though its data dir records it only later.
+	if st, err := f.Status(); err != nil || st.ClusterID == "" {
+		t.Errorf("status of %s right after a write through it: cluster_id %q, %v", f.ID, st.ClusterID, err)
+	}
 
 	// Errors come back from the leader with their meaning intact.
 	_, errOut, err := f.CLI("domain", "add", "example.org")

@@ -1,5 +1,6 @@
 // Command flotilla-chaos is the long soak of `make chaos`: a cluster of
-// processes under SMTP load while random faults strike it for a set time;
+// processes (or, with --tier docker, of containers) under SMTP load while
+// random faults strike it for a set time;
 // at the end every message answered 250 must be on every node exactly once.
 package main
 
@@ -20,13 +21,23 @@ func main() {
 	nodes := flag.Int("nodes", 5, "cluster size (3 or 5)")
 	senders := flag.Int("senders", 8, "concurrent SMTP senders")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "random seed (printed, to replay a run)")
+	tierName := flag.String("tier", "processes", "where the nodes run: processes (loopback) or docker (containers)")
 	flag.Parse()
+	tier := harness.Processes
+	switch *tierName {
+	case "processes":
+	case "docker":
+		tier = harness.Docker
+	default:
+		fmt.Fprintf(os.Stderr, "flotilla-chaos: --tier must be processes or docker, not %q\n", *tierName)
+		os.Exit(2)
+	}
 	t := harness.NewRunner()
 	defer t.Finish()
 	rng := rand.New(rand.NewPCG(*seed, 1))
-	fmt.Printf("chaos: %d nodes, %d senders, %s, seed %d\n", *nodes, *senders, *duration, *seed)
+	fmt.Printf("chaos: %d nodes (%s), %d senders, %s, seed %d\n", *nodes, tier, *senders, *duration, *seed)
 
-	c := harness.New(t, harness.Options{Nodes: *nodes, DeadServerGrace: "1h"})
+	c := harness.New(t, harness.Options{Nodes: *nodes, DeadServerGrace: "1h", Tier: tier, LinkProxy: true})
 	ids := make([]string, *nodes)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("n%d", i+1)
@@ -84,7 +95,7 @@ func inject(t *harness.Runner, c *harness.Cluster, rng *rand.Rand) string {
 	leader := c.WaitLeader(60 * time.Second)
 	followers := c.Followers(leader)
 	f := followers[rng.IntN(len(followers))]
-	switch rng.IntN(8) {
+	switch rng.IntN(10) {
 	case 0:
 		leader.Kill()
 		return "kill leader"
@@ -109,6 +120,20 @@ func inject(t *harness.Runner, c *harness.Cluster, rng *rand.Rand) string {
 		f.Kill()
 		f.WipeData()
 		return "replace follower"
+	case 7:
+		for i, a := range c.Nodes {
+			for _, b := range c.Nodes[i+1:] {
+				c.Slow(a, b, 40+rng.IntN(60), 20)
+			}
+		}
+		return "slow links"
+	case 8:
+		for i, a := range c.Nodes {
+			for _, b := range c.Nodes[i+1:] {
+				c.Flaky(a, b, 0.2)
+			}
+		}
+		return "lossy links"
 	default:
 		if len(c.Nodes) >= 5 {
 			c.Split(c.Nodes[:2], c.Nodes[2:])

@@ -296,13 +296,21 @@ func (c *cli) domain(ctx context.Context, args []string) error {
 		if len(pos) != 1 {
 			return usageErr(c.stderr, "usage: flotilla domain "+args[0]+" NAME")
 		}
+		name := pos[0]
 		if args[0] == "add" {
-			err = cn.do(ctx, "POST", "/v1/domains", map[string]string{"name": pos[0]}, nil)
+			// The node answers with the name as stored (lower case, IDNA).
+			var d admin.Domain
+			err = cn.do(ctx, "POST", "/v1/domains", map[string]string{"name": pos[0]}, &d)
+			if d.Name != "" {
+				name = d.Name
+			}
 		} else {
 			err = cn.do(ctx, "DELETE", "/v1/domains/"+url.PathEscape(pos[0]), nil, nil)
 		}
 		if err == nil && !cn.json {
-			fmt.Fprintf(c.stdout, "domain %s %s\n", pos[0], pastTense(args[0]))
+			fmt.Fprintf(c.stdout, "domain %s %s\n", name, pastTense(args[0]))
+		} else if err == nil && args[0] == "add" {
+			c.printJSON(admin.Domain{Name: name})
 		}
 		return err
 	case "list":
@@ -411,9 +419,13 @@ func (c *cli) user(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
-			err = cn.do(ctx, "POST", "/v1/users", map[string]any{"address": addr, "password": p, "name": name, "quota_bytes": quota, "cram_md5": cram, "apop": apop}, nil)
+			var u admin.User
+			err = cn.do(ctx, "POST", "/v1/users", map[string]any{"address": addr, "password": p, "name": name, "quota_bytes": quota, "cram_md5": cram, "apop": apop}, &u)
 			if err != nil {
 				return err
+			}
+			if u.Address != "" {
+				addr = u.Address // as stored
 			}
 		case "passwd":
 			p, err := c.readPassword(pwStdin, pw)
