@@ -126,19 +126,8 @@ func mbFind(ms []mbMsg, uid uint32) int {
 // the highest UID assigned before it (a stricter check than "greater"; a
 // message stored and then lost leaves a gap, which fails it too).
 var mailboxModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byUser := map[string][]porcupine.Operation{}
-		for _, op := range history {
-			u := op.Input.(mbInput).user
-			byUser[u] = append(byUser[u], op)
-		}
-		var out [][]porcupine.Operation
-		for _, ops := range byUser {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() any { return mbState{} },
+	Partition: partitionBy(func(op porcupine.Operation) string { return op.Input.(mbInput).user }),
+	Init:      func() any { return mbState{} },
 	Step: func(state, input, output any) (bool, any) {
 		st, in := state.(mbState), input.(mbInput)
 		switch in.kind {
@@ -266,17 +255,8 @@ func mbDial(n *harness.Node, user string) (*imapclient.Client, error) {
 // the acknowledged writes before it (and maybe of writes in flight), UIDs
 // are assigned in order without gaps, nothing acknowledged is lost.
 func TestMailboxOperationsAreLinearizable(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	leader := c.WaitLeader(30 * time.Second)
-	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
 	// Many mailboxes keep each one's history small for the checker.
-	var users []string
-	for i := 1; i <= 6; i++ {
-		users = append(users, fmt.Sprintf("m%d@example.org", i))
-	}
-	for _, u := range users {
-		seedUser(t, leader, u)
-	}
+	c, users := linearizabilityCluster(t, "m", 6)
 
 	const clients = 6
 	failures := map[string]int{}
@@ -479,22 +459,7 @@ func TestMailboxOperationsAreLinearizable(t *testing.T) {
 		}()
 	}
 
-	step := func(what string, d time.Duration) {
-		t.Logf("%6.1fs %s", time.Since(start).Seconds(), what)
-		time.Sleep(d) // let the workload run through this phase
-	}
-	step("steady", 2*time.Second)
-	old := c.WaitLeader(30 * time.Second)
-	old.Kill()
-	step("leader "+old.ID+" killed", 3*time.Second)
-	old.Start()
-	next := c.WaitLeader(30 * time.Second)
-	step("old leader back", 2*time.Second)
-	c.Isolate(next)
-	step("new leader "+next.ID+" isolated", 4*time.Second)
-	c.HealAll()
-	c.WaitLeader(30 * time.Second)
-	step("healed", 2*time.Second)
+	linearizabilityFaults(t, c, start)
 	close(stop)
 	wg.Wait()
 	t.Logf("%6.1fs workload done", time.Since(start).Seconds())
@@ -505,7 +470,7 @@ func TestMailboxOperationsAreLinearizable(t *testing.T) {
 	// UID is the APPEND's output and the APPEND may have taken effect any
 	// time after its call; a message not there was not stored (or will
 	// be, after every operation here): the APPEND is left out.
-	leader = c.WaitLeader(30 * time.Second)
+	leader := c.WaitLeader(30 * time.Second)
 	final := map[string]mbMsg{}
 	for _, u := range users {
 		var got []mbMsg

@@ -25,20 +25,25 @@ type regOp struct {
 	value int64
 }
 
-var registerModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+// partitionBy splits a history into independent parts by key: porcupine
+// checks each alone, which keeps each part's search small.
+func partitionBy(key func(porcupine.Operation) string) func([]porcupine.Operation) [][]porcupine.Operation {
+	return func(history []porcupine.Operation) [][]porcupine.Operation {
 		byKey := map[string][]porcupine.Operation{}
 		for _, op := range history {
-			k := op.Input.(regOp).key
-			byKey[k] = append(byKey[k], op)
+			byKey[key(op)] = append(byKey[key(op)], op)
 		}
 		var out [][]porcupine.Operation
 		for _, ops := range byKey {
 			out = append(out, ops)
 		}
 		return out
-	},
-	Init: func() any { return int64(0) },
+	}
+}
+
+var registerModel = porcupine.Model{
+	Partition: partitionBy(func(op porcupine.Operation) string { return op.Input.(regOp).key }),
+	Init:      func() any { return int64(0) },
 	Step: func(state, input, output any) (bool, any) {
 		in := input.(regOp)
 		if in.write {
@@ -61,17 +66,8 @@ var registerModel = porcupine.Model{
 // is cut off; porcupine then checks that the history is linearizable: no
 // read misses an acknowledged write, none sees a write before it happened.
 func TestWritesAndReadsAreLinearizable(t *testing.T) {
-	c := harness.New(t, harness.Options{})
-	leader := c.WaitLeader(30 * time.Second)
-	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
 	// Many registers keep each one's history small for the checker.
-	var users []string
-	for i := 1; i <= 12; i++ {
-		users = append(users, fmt.Sprintf("r%d@example.org", i))
-	}
-	for _, u := range users {
-		seedUser(t, leader, u)
-	}
+	c, users := linearizabilityCluster(t, "r", 12)
 
 	failures := map[string]int{}
 	var (
@@ -134,22 +130,7 @@ func TestWritesAndReadsAreLinearizable(t *testing.T) {
 		}()
 	}
 
-	step := func(what string, d time.Duration) {
-		t.Logf("%6.1fs %s", time.Since(start).Seconds(), what)
-		time.Sleep(d) // let the workload run through this phase
-	}
-	step("steady", 2*time.Second)
-	old := c.WaitLeader(30 * time.Second)
-	old.Kill()
-	step("leader "+old.ID+" killed", 3*time.Second)
-	old.Start()
-	next := c.WaitLeader(30 * time.Second)
-	step("old leader back", 2*time.Second)
-	c.Isolate(next)
-	step("new leader "+next.ID+" isolated", 4*time.Second)
-	c.HealAll()
-	c.WaitLeader(30 * time.Second)
-	step("healed", 2*time.Second)
+	linearizabilityFaults(t, c, start)
 	close(stop)
 	wg.Wait()
 
@@ -179,6 +160,46 @@ func TestWritesAndReadsAreLinearizable(t *testing.T) {
 		t.Fatalf("history is not linearizable (%s); visualization in %s", res, path)
 	}
 	verifyClean(t, c.WaitLeader(30*time.Second), 3)
+}
+
+// linearizabilityCluster starts a three-node cluster with users
+// prefix1..prefixN@example.org (passwords as seedUser sets them).
+func linearizabilityCluster(t *testing.T, prefix string, n int) (*harness.Cluster, []string) {
+	t.Helper()
+	c := harness.New(t, harness.Options{})
+	leader := c.WaitLeader(30 * time.Second)
+	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
+	var users []string
+	for i := 1; i <= n; i++ {
+		users = append(users, fmt.Sprintf("%s%d@example.org", prefix, i))
+	}
+	for _, u := range users {
+		seedUser(t, leader, u)
+	}
+	return c, users
+}
+
+// linearizabilityFaults runs the phases of the linearizability tests while
+// their workload runs: steady, the leader killed, back, the new leader cut
+// off, healed.
+func linearizabilityFaults(t *testing.T, c *harness.Cluster, start time.Time) {
+	t.Helper()
+	step := func(what string, d time.Duration) {
+		t.Logf("%6.1fs %s", time.Since(start).Seconds(), what)
+		time.Sleep(d) // let the workload run through this phase
+	}
+	step("steady", 2*time.Second)
+	old := c.WaitLeader(30 * time.Second)
+	old.Kill()
+	step("leader "+old.ID+" killed", 3*time.Second)
+	old.Start()
+	next := c.WaitLeader(30 * time.Second)
+	step("old leader back", 2*time.Second)
+	c.Isolate(next)
+	step("new leader "+next.ID+" isolated", 4*time.Second)
+	c.HealAll()
+	c.WaitLeader(30 * time.Second)
+	step("healed", 2*time.Second)
 }
 
 func trimErr(err error) string {

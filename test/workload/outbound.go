@@ -24,55 +24,18 @@ import (
 // on to the next node when one refuses; the cluster queues it and delivers
 // it to the remote peer (a Sink). Acknowledged means answered 250 to DATA.
 type Outbound struct {
-	c       *harness.Cluster
-	pass    map[string]string
-	users   []string
-	domain  string
-	run     string
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	acks    []Ack
-	unknown map[string]bool
+	ledger
+	pass   map[string]string
+	users  []string
+	domain string
 }
 
 // StartOutbound starts senders submitting mail to random recipients at
 // domain, each as one of the users (address -> password).
 func StartOutbound(c *harness.Cluster, pass map[string]string, domain string, senders int) *Outbound {
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &Outbound{c: c, pass: pass, users: sortedKeys(pass), domain: domain, cancel: cancel,
-		unknown: map[string]bool{}, run: fmt.Sprintf("%x", rand.Uint32())}
-	for i := 0; i < senders; i++ {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			w.send(ctx, i)
-		}()
-	}
+	w := &Outbound{ledger: newLedger(c), pass: pass, users: sortedKeys(pass), domain: domain}
+	w.launch(senders, w.send)
 	return w
-}
-
-// Stop ends the senders and returns what was acknowledged.
-func (w *Outbound) Stop() []Ack {
-	w.cancel()
-	w.wg.Wait()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]Ack(nil), w.acks...)
-}
-
-// Acked is how many submissions were acknowledged so far.
-func (w *Outbound) Acked() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.acks)
-}
-
-// Unknown reports whether a submission's outcome is unknown.
-func (w *Outbound) Unknown(id string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.unknown[id]
 }
 
 func (w *Outbound) send(ctx context.Context, sender int) {
@@ -83,25 +46,7 @@ func (w *Outbound) send(ctx context.Context, sender int) {
 		rcpt := fmt.Sprintf("r%d@%s", rng.IntN(50), w.domain)
 		body := fmt.Sprintf("From: %s\r\nTo: %s\r\nMessage-ID: %s\r\nSubject: outbound %d/%d\r\n\r\nfar away\r\n",
 			user, rcpt, id, sender, seq)
-		sent := false
-		for try := 0; !sent && ctx.Err() == nil; try++ {
-			n := w.c.Nodes[(sender+try)%len(w.c.Nodes)]
-			ok, ambiguous := submit(n, user, w.pass[user], rcpt, body)
-			switch {
-			case ok:
-				w.mu.Lock()
-				w.acks = append(w.acks, Ack{ID: id, User: user, Node: n.ID, At: time.Now()})
-				w.mu.Unlock()
-				sent = true
-			case ambiguous:
-				w.mu.Lock()
-				w.unknown[id] = true
-				w.mu.Unlock()
-				sent = true // never resend what may have been queued
-			case (try+1)%len(w.c.Nodes) == 0:
-				pause(ctx, 50*time.Millisecond)
-			}
-		}
+		w.offer(ctx, sender, id, user, func(n *harness.Node) (bool, bool) { return submit(n, user, w.pass[user], rcpt, body) })
 		pause(ctx, 20*time.Millisecond) // a trickle beside the inbound load
 	}
 }
@@ -121,35 +66,10 @@ func (a plainAuth) Next(_ []byte, more bool) ([]byte, error) {
 	return nil, nil
 }
 
-// submit sends one message through a node's submission port.
+// submit sends one message through a node's submission port, as user
+// (AUTH verifies a password hash: a longer dialogue than deliver's).
 func submit(n *harness.Node, user, pass, rcpt, body string) (ok, ambiguous bool) {
-	conn, err := net.DialTimeout("tcp", n.Addr(harness.SubmissionPort), 2*time.Second)
-	if err != nil {
-		return false, false
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	c, err := smtp.NewClient(conn, n.IP)
-	if err != nil {
-		return false, false
-	}
-	if c.Hello("client.test") != nil || c.Auth(plainAuth{user, pass}) != nil || c.Mail(user) != nil || c.Rcpt(rcpt) != nil {
-		return false, false
-	}
-	wc, err := c.Data()
-	if err != nil {
-		return false, false
-	}
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := wc.Write([]byte(body)); err != nil {
-		return false, true
-	}
-	if err := wc.Close(); err != nil {
-		var perr *textproto.Error
-		return false, !errors.As(err, &perr)
-	}
-	_ = c.Quit()
-	return true, false
+	return transact(n.Addr(harness.SubmissionPort), n.IP, 5*time.Second, plainAuth{user, pass}, user, rcpt, body)
 }
 
 // Sink is the remote peer: an SMTP server that takes every message and

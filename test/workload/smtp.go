@@ -27,21 +27,116 @@ type Ack struct {
 	At   time.Time
 }
 
-// Mail sends mail to every node over SMTP (the MX port), as a real MTA
-// would with several MX records: a node that refuses or cannot be reached
-// is skipped for the next. A message whose fate is unknown (the connection
-// broke after DATA) is not sent again, so any duplicate the checker finds is
-// the cluster's doing.
-type Mail struct {
+// ledger runs senders against the cluster and records what it answered:
+// each message is offered to one node after another, as a real MTA does
+// with several MX records, until one answers 250 (acknowledged) or leaves
+// its fate unknown (the DATA went and no answer came), which is never sent
+// again, so that any duplicate the checker finds is the cluster's doing.
+type ledger struct {
 	c       *harness.Cluster
-	users   []string
-	run     string
+	run     string // tells this run's messages from others'
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	acks    []Ack
 	unknown map[string]bool
 	refused int
+}
+
+func newLedger(c *harness.Cluster) ledger {
+	return ledger{c: c, unknown: map[string]bool{}, run: fmt.Sprintf("%x", rand.Uint32())}
+}
+
+// launch starts senders goroutines running send.
+func (l *ledger) launch(senders int, send func(ctx context.Context, sender int)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	for i := 0; i < senders; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			send(ctx, i)
+		}()
+	}
+}
+
+// offer tries the message on node first, then on the next ones, until one
+// answers or ctx ends.
+func (l *ledger) offer(ctx context.Context, first int, id, user string, try func(*harness.Node) (ok, ambiguous bool)) {
+	for k := 0; ctx.Err() == nil; k++ {
+		n := l.c.Nodes[(first+k)%len(l.c.Nodes)]
+		ok, ambiguous := try(n)
+		l.mu.Lock()
+		switch {
+		case ok:
+			l.acks = append(l.acks, Ack{ID: id, User: user, Node: n.ID, At: time.Now()})
+		case ambiguous:
+			l.unknown[id] = true
+		default:
+			l.refused++
+		}
+		l.mu.Unlock()
+		if ok || ambiguous {
+			return
+		}
+		if (k+1)%len(l.c.Nodes) == 0 {
+			pause(ctx, 50*time.Millisecond) // every node refused: a breath
+		}
+	}
+}
+
+// Stop ends the senders and returns what was acknowledged.
+func (l *ledger) Stop() []Ack {
+	l.cancel()
+	l.wg.Wait()
+	return l.Snapshot()
+}
+
+// Snapshot returns what has been acknowledged so far.
+func (l *ledger) Snapshot() []Ack {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]Ack(nil), l.acks...)
+}
+
+// Acked is how many messages were acknowledged so far.
+func (l *ledger) Acked() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.acks)
+}
+
+// AckedSince counts the acknowledgements after t.
+func (l *ledger) AckedSince(t time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, a := range l.acks {
+		if a.At.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// Unknown reports whether a message's outcome is unknown.
+func (l *ledger) Unknown(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unknown[id]
+}
+
+// Refused is how many attempts a node refused or failed.
+func (l *ledger) Refused() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refused
+}
+
+// Mail sends mail to local users through every node's MX port.
+type Mail struct {
+	ledger
+	users []string
 }
 
 // StartMail starts senders goroutines sending to users (addresses of local
@@ -51,60 +146,9 @@ type Mail struct {
 // only its own senders, and the others' acknowledgements show whether the
 // cluster as a whole accepts mail.
 func StartMail(c *harness.Cluster, users []string, senders int) *Mail {
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &Mail{c: c, users: users, cancel: cancel, unknown: map[string]bool{},
-		run: fmt.Sprintf("%x", rand.Uint32())}
-	for i := 0; i < senders; i++ {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			w.send(ctx, i)
-		}()
-	}
+	w := &Mail{ledger: newLedger(c), users: users}
+	w.launch(senders, w.send)
 	return w
-}
-
-// Stop ends the senders and returns what was acknowledged.
-func (w *Mail) Stop() []Ack {
-	w.cancel()
-	w.wg.Wait()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]Ack(nil), w.acks...)
-}
-
-// Snapshot returns what has been acknowledged so far.
-func (w *Mail) Snapshot() []Ack {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]Ack(nil), w.acks...)
-}
-
-// AckedSince counts acknowledgements after t.
-func (w *Mail) AckedSince(t time.Time) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, a := range w.acks {
-		if a.At.After(t) {
-			n++
-		}
-	}
-	return n
-}
-
-// Unknown reports whether a message's outcome is unknown.
-func (w *Mail) Unknown(id string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.unknown[id]
-}
-
-// Refused is how many attempts a node refused or failed.
-func (w *Mail) Refused() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.refused
 }
 
 func (w *Mail) send(ctx context.Context, sender int) {
@@ -114,54 +158,33 @@ func (w *Mail) send(ctx context.Context, sender int) {
 		user := w.users[rng.IntN(len(w.users))]
 		body := fmt.Sprintf("From: chaos@sender.test\r\nTo: %s\r\nMessage-ID: %s\r\nSubject: chaos %d/%d\r\n\r\n%s\r\n",
 			user, id, sender, seq, strings.Repeat("The quick brown fox jumps over the lazy dog. ", 20))
-		start := sender
-		sent := false
-		for try := 0; !sent && ctx.Err() == nil; try++ {
-			n := w.c.Nodes[(start+try)%len(w.c.Nodes)]
-			ok, ambiguous := deliver(n, user, body)
-			switch {
-			case ok:
-				w.mu.Lock()
-				w.acks = append(w.acks, Ack{ID: id, User: user, Node: n.ID, At: time.Now()})
-				w.mu.Unlock()
-				sent = true
-			case ambiguous:
-				w.mu.Lock()
-				w.unknown[id] = true
-				w.mu.Unlock()
-				sent = true // never resend a message that may have been stored
-			default:
-				w.mu.Lock()
-				w.refused++
-				w.mu.Unlock()
-				if (try+1)%len(w.c.Nodes) == 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(50 * time.Millisecond):
-					}
-				}
-			}
-		}
+		w.offer(ctx, sender, id, user, func(n *harness.Node) (bool, bool) { return deliver(n, user, body) })
 	}
 }
 
-// deliver sends one message to a node. ok: answered 250. ambiguous: the
-// DATA was sent and no answer came.
+// deliver sends one message to a node's MX port. ok: answered 250.
+// ambiguous: the DATA was sent and no answer came.
 func deliver(n *harness.Node, rcpt, body string) (ok, ambiguous bool) {
-	// Like an MTA with several MX hosts, move on quickly from a node that
-	// does not answer the dialogue, but wait long for the reply to DATA: the
-	// cluster may rightly hold it while the message's fate is settled.
-	conn, err := net.DialTimeout("tcp", n.Addr(harness.SMTPPort), 2*time.Second)
+	return transact(n.Addr(harness.SMTPPort), n.IP, 3*time.Second, nil, "chaos@sender.test", rcpt, body)
+}
+
+// transact runs one SMTP transaction (EHLO, AUTH when auth is given, MAIL,
+// RCPT, DATA). Like an MTA with several MX hosts, it moves on quickly
+// (after dialogue) from a node that does not answer, but waits long for
+// the reply to DATA: the cluster may rightly hold it while the message's
+// fate is settled.
+func transact(addr, host string, dialogue time.Duration, auth smtp.Auth, from, rcpt, body string) (ok, ambiguous bool) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
 		return false, false
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
-	c, err := smtp.NewClient(conn, n.IP)
+	_ = conn.SetDeadline(time.Now().Add(dialogue))
+	c, err := smtp.NewClient(conn, host)
 	if err != nil {
 		return false, false
 	}
-	if c.Hello("chaos.sender.test") != nil || c.Mail("chaos@sender.test") != nil || c.Rcpt(rcpt) != nil {
+	if c.Hello("chaos.sender.test") != nil || (auth != nil && c.Auth(auth) != nil) || c.Mail(from) != nil || c.Rcpt(rcpt) != nil {
 		return false, false
 	}
 	wc, err := c.Data()
@@ -176,10 +199,7 @@ func deliver(n *harness.Node, rcpt, body string) (ok, ambiguous bool) {
 		// A reply that is not 250 means not stored; no reply at all means
 		// we cannot know.
 		var perr *textproto.Error
-		if errors.As(err, &perr) {
-			return false, false
-		}
-		return false, true
+		return false, !errors.As(err, &perr)
 	}
 	_ = c.Quit()
 	return true, false
