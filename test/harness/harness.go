@@ -138,7 +138,8 @@ type Options struct {
 	// Tier is where the nodes run: Processes (the default) or Docker.
 	Tier Tier
 	// LinkProxy runs every connection between two nodes' cluster ports
-	// through a fault proxy, so that Slow and Throttle can act on it.
+	// through a fault proxy, so that Slow and Throttle can act on it (the
+	// nodes made by New; one added later talks directly).
 	LinkProxy bool
 }
 
