@@ -36,13 +36,21 @@ func startDNS(t *testing.T) *testDNS {
 func startDNSAt(t *testing.T, ip string) *testDNS {
 	t.Helper()
 	d := &testDNS{mx: map[string][]string{}, a: map[string]string{}, broken: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// UDP and TCP on one port: a port free for UDP may be taken for TCP
+	// (by any of the many connections of a test run), so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ln == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", net.JoinHostPort(ip, "0")); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatalf("no port free for both UDP and TCP on %s: %v", ip, err)
+			}
+		}
 	}
 	d.Addr = pc.LocalAddr().String()
 	udp := &dns.Server{PacketConn: pc, Handler: d}

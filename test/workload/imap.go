@@ -368,15 +368,20 @@ func (w *IMAP) checkIDs(cl *imapclient.Client, h *history, fresh []goimap.UID) e
 	if len(fresh) == 0 {
 		return nil
 	}
-	section := &goimap.FetchItemBodySection{Specifier: goimap.PartSpecifierHeader, HeaderFields: []string{"Message-ID"}, Peek: true}
-	msgs, err := cl.Fetch(goimap.UIDSetNum(fresh...), &goimap.FetchOptions{UID: true, BodySection: []*goimap.FetchItemBodySection{section}}).Collect()
+	// ENVELOPE, not BODY.PEEK[HEADER.FIELDS (Message-ID)]: go-imap's client
+	// (v2.0.0-beta.8) races with itself when a connection breaks while it
+	// reads a literal, and an envelope's Message-ID comes as a quoted string.
+	msgs, err := cl.Fetch(goimap.UIDSetNum(fresh...), &goimap.FetchOptions{UID: true, Envelope: true}).Collect()
 	if err != nil {
 		return err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, m := range msgs {
-		id := messageID(m.FindBodySection(section))
+		id := "<no envelope>"
+		if m.Envelope != nil {
+			id = "<" + m.Envelope.MessageID + ">"
+		}
 		key := fmt.Sprintf("%s/%d/%d", h.user, h.uidValidity, m.UID)
 		if old, ok := w.ids[key]; ok && old != id {
 			w.problems.add(fmt.Sprintf("IMAP %s on %s: UID %d.%d is %s, another session saw %s under it", h.user, h.node, h.uidValidity, m.UID, id, old))
