@@ -56,9 +56,7 @@ func (n *Node) lead(ctx context.Context) {
 	}
 	n.readyTerm.Store(term)
 	n.log.Info("leading the cluster")
-	var cid string
-	_ = n.store.View(func(tx *storage.Tx) error { cid = tx.ClusterID(); return nil })
-	if cid == "" {
+	if n.appliedClusterID() == "" {
 		var b [12]byte
 		_, _ = rand.Read(b[:])
 		decoy := make([]byte, 32)
@@ -175,9 +173,7 @@ func (n *Node) maintenanceLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		var cid string
-		_ = n.store.View(func(tx *storage.Tx) error { cid = tx.ClusterID(); return nil })
-		if cid != "" {
+		if cid := n.appliedClusterID(); cid != "" {
 			if err := n.id.setClusterID(cid); err != nil {
 				n.log.Warn("recording cluster identity", "err", err)
 			}
@@ -298,6 +294,12 @@ func (n *Node) clusterID() string {
 	if cid := n.id.clusterID(); cid != "" {
 		return cid
 	}
+	return n.appliedClusterID()
+}
+
+// appliedClusterID is the cluster ID in the state machine ("" before the
+// first entry is applied).
+func (n *Node) appliedClusterID() string {
 	var cid string
 	_ = n.store.View(func(tx *storage.Tx) error { cid = tx.ClusterID(); return nil })
 	return cid

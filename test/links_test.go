@@ -43,10 +43,8 @@ func TestSlowLinksDelayWrites(t *testing.T) {
 				return best
 			}
 			before := fastest(1000)
-			for i, a := range c.Nodes {
-				for _, b := range c.Nodes[i+1:] {
-					c.Slow(a, b, 150, 0)
-				}
+			for _, p := range c.Pairs() {
+				c.Slow(p[0], p[1], 150, 0)
 			}
 			slow := fastest(2000)
 			c.HealAll()

@@ -351,10 +351,8 @@ func TestScenarioOneWayFromLeader(t *testing.T) {
 // packets for a while; mail goes on, slower, and nothing is lost.
 func TestScenarioFlakyLinks(t *testing.T) {
 	onTiers(t, harness.Options{}, nodesFail, func(t *testing.T, c *harness.Cluster) time.Duration {
-		for i, a := range c.Nodes {
-			for _, b := range c.Nodes[i+1:] {
-				c.Flaky(a, b, 0.33)
-			}
+		for _, p := range c.Pairs() {
+			c.Flaky(p[0], p[1], 0.33)
 		}
 		time.Sleep(3 * time.Second) // the fault lasts this long, under load
 		c.HealAll()
@@ -370,10 +368,8 @@ func TestScenarioFlakyLinks(t *testing.T) {
 func TestScenarioSlowLinks(t *testing.T) {
 	onTiers(t, harness.Options{LinkProxy: true}, nodesHealthy, func(t *testing.T, c *harness.Cluster) time.Duration {
 		l := c.WaitLeader(30 * time.Second)
-		for i, a := range c.Nodes {
-			for _, b := range c.Nodes[i+1:] {
-				c.Slow(a, b, 60, 20)
-			}
+		for _, p := range c.Pairs() {
+			c.Slow(p[0], p[1], 60, 20)
 		}
 		time.Sleep(2 * time.Second) // the fault lasts this long, under load
 		c.Throttle(l, c.Followers(l)[0], 32)

@@ -121,17 +121,13 @@ func inject(t *harness.Runner, c *harness.Cluster, rng *rand.Rand) string {
 		f.WipeData()
 		return "replace follower"
 	case 7:
-		for i, a := range c.Nodes {
-			for _, b := range c.Nodes[i+1:] {
-				c.Slow(a, b, 40+rng.IntN(60), 20)
-			}
+		for _, p := range c.Pairs() {
+			c.Slow(p[0], p[1], 40+rng.IntN(60), 20)
 		}
 		return "slow links"
 	case 8:
-		for i, a := range c.Nodes {
-			for _, b := range c.Nodes[i+1:] {
-				c.Flaky(a, b, 0.2)
-			}
+		for _, p := range c.Pairs() {
+			c.Flaky(p[0], p[1], 0.2)
 		}
 		return "lossy links"
 	default:

@@ -108,6 +108,17 @@ func (l *linkProxies) close() {
 // the host's address on their bridge.
 func (c *Cluster) PeerIP(port int) string { return c.host.peerIP(port) }
 
+// Pairs is every pair of distinct nodes, once each.
+func (c *Cluster) Pairs() [][2]*Node {
+	var out [][2]*Node
+	for i, a := range c.Nodes {
+		for _, b := range c.Nodes[i+1:] {
+			out = append(out, [2]*Node{a, b})
+		}
+	}
+	return out
+}
+
 // Isolate cuts node n off from every other node of the cluster, both ways.
 // Clients can still reach it.
 func (c *Cluster) Isolate(n *Node) {
