@@ -69,6 +69,9 @@ func smtpIngest(t *harness.Runner, sessions, messages, size int, only string) {
 			return least
 		})
 		results = append(results, result{fmt.Sprintf("flotilla, %d node(s)", nodes), float64(messages) / took.Seconds()})
+		if os.Getenv("BENCH_METRICS") != "" {
+			dumpMetrics(c)
+		}
 		for _, n := range c.Nodes {
 			n.Stop()
 		}

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -51,6 +53,8 @@ type target struct {
 	tls   bool // STARTTLS
 	user  func(i int) string
 	bigOK bool
+	// profile, if set, saves a CPU profile of the serving node to path.
+	profile func(path string, d time.Duration)
 }
 
 func main() {
@@ -199,6 +203,11 @@ func runTarget(r *runner, t *target) *result {
 		start := time.Now()
 		deadline := start.Add(*duration)
 		var firstErr error
+		if spec := os.Getenv("IMAPBENCH_PROFILE"); spec != "" && t.profile != nil {
+			if want, path, ok := strings.Cut(spec, ":"); ok && strings.EqualFold(strings.ReplaceAll(want, "-", " "), op) {
+				go t.profile(path, min(*duration, 5*time.Second))
+			}
+		}
 		for s := range clients {
 			wg.Add(1)
 			go func(s int) {
@@ -402,6 +411,20 @@ func startFlotilla(r *runner, nodes int) *target {
 		}
 		return fmt.Sprintf("u%d@bench.test", i)
 	}}
+	t.profile = func(path string, d time.Duration) {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", serve.Addr(harness.HTTPPort), max(1, int(d.Seconds()))), nil)
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			r.Logf("profile: %v", err)
+			return
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		if err := os.WriteFile(path+"."+name, b, 0o644); err != nil {
+			r.Logf("profile: %v", err)
+		}
+	}
 	// The users are there on the serving node once a login works.
 	harness.Eventually(r, 30*time.Second, "login on "+serve.ID, func() error {
 		for _, u := range users {
