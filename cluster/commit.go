@@ -33,7 +33,7 @@ type commitTracker struct {
 }
 
 type commitWaiter struct {
-	ch    chan uint64
+	ch    chan position
 	index uint64 // 0 until this node stored the entry
 	term  uint64
 }
@@ -42,9 +42,13 @@ func newCommitTracker(logs raft.LogStore, r func() *raft.Raft) *commitTracker {
 	return &commitTracker{raft: r, logs: logs, wait: map[storage.RequestID]*commitWaiter{}, wake: make(chan struct{}, 1)}
 }
 
-// await registers a proposer; the channel receives the entry's index.
-func (t *commitTracker) await(req storage.RequestID) (<-chan uint64, func()) {
-	w := &commitWaiter{ch: make(chan uint64, 1)}
+// position is where an entry sits in the log: its index and the term it was
+// written in.
+type position struct{ index, term uint64 }
+
+// await registers a proposer; the channel receives the entry's position.
+func (t *commitTracker) await(req storage.RequestID) (<-chan position, func()) {
+	w := &commitWaiter{ch: make(chan position, 1)}
 	t.mu.Lock()
 	t.wait[req] = w
 	t.count.Add(1)
@@ -98,13 +102,13 @@ func (t *commitTracker) stored(logs []*raft.Log) {
 // applying is called by the FSM with a batch of committed entries.
 func (t *commitTracker) applying(logs []*raft.Log) {
 	t.eachWaited(logs, func(l *raft.Log, w *commitWaiter, req storage.RequestID) {
-		t.answer(req, w, l.Index)
+		t.answer(req, w, position{l.Index, l.Term})
 	})
 }
 
 // answer must be called with t.mu held.
-func (t *commitTracker) answer(req storage.RequestID, w *commitWaiter, index uint64) {
-	w.ch <- index
+func (t *commitTracker) answer(req storage.RequestID, w *commitWaiter, at position) {
+	w.ch <- at
 	delete(t.wait, req)
 	t.count.Add(-1)
 }
@@ -152,7 +156,7 @@ func (t *commitTracker) check() bool {
 		// term must the log be read to see that it still holds it.
 		var l raft.Log
 		if w.term == term {
-			t.answer(req, w, w.index)
+			t.answer(req, w, position{w.index, w.term})
 			continue
 		}
 		if err := t.logs.GetLog(w.index, &l); err != nil || l.Term != w.term {
@@ -161,7 +165,7 @@ func (t *commitTracker) check() bool {
 			w.index = 0
 			continue
 		}
-		t.answer(req, w, w.index)
+		t.answer(req, w, position{w.index, w.term})
 	}
 	return pending
 }
@@ -171,6 +175,7 @@ func (t *commitTracker) check() bool {
 type trackingLogStore struct {
 	raft.LogStore
 	t       *commitTracker
+	fsm     *fsm
 	metrics *metrics
 }
 
@@ -186,5 +191,8 @@ func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
 		s.metrics.logBatch.Observe(float64(len(logs)))
 	}
 	s.t.stored(logs)
+	if s.fsm != nil && len(logs) > 0 {
+		s.fsm.logged(logs[len(logs)-1].Index)
+	}
 	return nil
 }

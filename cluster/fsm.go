@@ -20,7 +20,16 @@ import (
 // A forwarded write is retried within seconds; ten minutes is ample.
 const requestTTL = 10 * time.Minute
 
-// fsm applies committed log entries to the store, a batch per transaction.
+// fsm applies committed log entries to the store.
+//
+// Raft hands the FSM one batch per advance of the commit index and waits
+// for each; a store transaction per batch would cost two fsyncs per batch,
+// and a slow disk would make the FSM the narrowest stage of every write.
+// So ApplyBatch only queues the entries, and one applier goroutine applies
+// everything queued in one transaction, recording the last index in the
+// same transaction: the busier the node, the more a transaction carries.
+// Proposers wait on the applied index (wait), never on Raft's futures,
+// and read a write's response from the store (the request record).
 type fsm struct {
 	store   *storage.Store
 	log     *slog.Logger
@@ -37,36 +46,255 @@ type fsm struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every batch
 	digests map[uint64][]byte
+
+	// The queue between Raft and the applier, guarded by qmu; qcond is
+	// signalled whenever any of these change.
+	qmu      sync.Mutex
+	qcond    *sync.Cond
+	queue    []*raft.Log
+	qbytes   int
+	busy     bool   // the applier holds entries taken from the queue
+	held     bool   // a snapshot is being taken or installed (hold)
+	queuedTo uint64 // the last index Raft has handed over
+	failed   error  // the applier stopped; nothing more is applied
+	closing  bool
+	done     chan struct{}
+
+	// A commit learnt ahead of Raft (see hint): entries up to hinted, whose
+	// entry there has term hintTerm, are committed; loggedTo is the last
+	// index in this node's log.
+	logs             raft.LogStore
+	hinted, hintTerm uint64
+	loggedTo         uint64
 }
+
+// The queue is bounded so that a node replaying a long log does not hold it
+// all in memory: beyond this, ApplyBatch waits for the applier.
+const (
+	maxQueuedEntries = 4096
+	maxQueuedBytes   = 64 << 20
+)
 
 func newFSM(store *storage.Store, log *slog.Logger, m *metrics, fatal func(error)) (*fsm, error) {
 	f := &fsm{store: store, log: log, metrics: m, fatal: fatal,
-		changed: make(chan struct{}), digests: map[uint64][]byte{}}
+		changed: make(chan struct{}), digests: map[uint64][]byte{}, done: make(chan struct{})}
+	f.qcond = sync.NewCond(&f.qmu)
 	idx, err := store.Applied()
 	if err != nil {
 		return nil, err
 	}
 	f.applied.Store(idx)
+	go f.run()
 	return f, nil
 }
 
 // Apply is here for raft.FSM; batches are the normal path.
 func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l})[0] }
 
-// ApplyBatch applies a batch of entries in one store transaction, recording
-// the last index in the same transaction. Entries at or below the recorded
-// index were applied before a restart and are skipped.
+// ApplyBatch queues committed entries for the applier. The responses Raft
+// gets are empty: proposers read theirs from the store.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	if f.committed != nil {
 		f.committed(logs)
 	}
+	size := 0
+	for _, l := range logs {
+		size += len(l.Data)
+	}
+	f.qmu.Lock()
+	for len(f.queue) > 0 && (len(f.queue)+len(logs) > maxQueuedEntries || f.qbytes+size > maxQueuedBytes) && f.failed == nil {
+		f.qcond.Wait()
+	}
+	if f.failed != nil {
+		// Raft would count these entries as applied; the node is stopping
+		// with the reason instead, and must not let Raft go on.
+		f.qmu.Unlock()
+		select {}
+	}
+	f.queue = append(f.queue, logs...)
+	f.qbytes += size
+	f.queuedTo = max(f.queuedTo, logs[len(logs)-1].Index)
+	f.qcond.Broadcast()
+	f.qmu.Unlock()
+	return make([]interface{}, len(logs))
+}
+
+// hint tells the applier that the entry at index, written in term, is
+// committed: the leader said so when it answered a write this node
+// forwarded. Raft tells a follower of a commit only with the next append
+// from the leader, up to CommitTimeout later; a client that waits for its
+// own write to be applied here need not wait for that. If this node's log
+// holds the same entry (index and term), it holds every entry before it as
+// the leader does (Raft's log matching), all committed, and the applier
+// applies them from the log. Raft hands them over again later; they are
+// skipped then.
+func (f *fsm) hint(index, term uint64) {
+	f.qmu.Lock()
+	if index > f.hinted {
+		f.hinted, f.hintTerm = index, term
+		f.qcond.Broadcast()
+	}
+	f.qmu.Unlock()
+}
+
+// logged is told the last index of every write to this node's log.
+func (f *fsm) logged(last uint64) {
+	f.qmu.Lock()
+	f.loggedTo = last
+	if f.hinted > 0 {
+		f.qcond.Broadcast()
+	}
+	f.qmu.Unlock()
+}
+
+// useLog lets the applier read committed entries from the log (see hint).
+func (f *fsm) useLog(logs raft.LogStore) {
+	last, _ := logs.LastIndex()
+	f.qmu.Lock()
+	f.logs, f.loggedTo = logs, last
+	f.qmu.Unlock()
+}
+
+// maxHintGap bounds how far ahead of Raft a hint is followed; a node that
+// far behind is catching up, and Raft's own batches serve it better.
+const maxHintGap = 512
+
+// hintReady reports whether a hint can be followed now; qmu is held.
+func (f *fsm) hintReady() bool {
+	return f.logs != nil && f.hinted > max(f.applied.Load(), f.queuedTo) && f.hinted <= f.loggedTo
+}
+
+// fromLog reads the committed entries from..to from this node's log, if
+// the entry at to has the given term; qmu is not held.
+func (f *fsm) fromLog(from, to, term uint64) []*raft.Log {
+	if to < from || to-from >= maxHintGap {
+		return nil
+	}
+	var last raft.Log
+	if err := f.logs.GetLog(to, &last); err != nil || last.Term != term {
+		return nil
+	}
+	out := make([]*raft.Log, 0, to-from+1)
+	for i := from; i < to; i++ {
+		l := new(raft.Log)
+		if err := f.logs.GetLog(i, l); err != nil {
+			return nil
+		}
+		out = append(out, l)
+	}
+	return append(out, &last)
+}
+
+// run is the applier: it applies whatever is queued, and what a hint
+// shows committed, a transaction at a time, until close.
+func (f *fsm) run() {
+	defer close(f.done)
+	for {
+		f.qmu.Lock()
+		for f.held || len(f.queue) == 0 && !f.closing && !f.hintReady() {
+			f.qcond.Wait()
+		}
+		if len(f.queue) == 0 && !f.hintReady() {
+			f.qmu.Unlock()
+			return
+		}
+		logs := f.queue
+		f.queue, f.qbytes, f.busy = nil, 0, true
+		hinted, term := f.hinted, f.hintTerm
+		if hinted <= max(f.applied.Load(), f.queuedTo) {
+			hinted = 0
+		}
+		f.qcond.Broadcast()
+		f.qmu.Unlock()
+
+		if hinted > 0 {
+			from := f.applied.Load() + 1
+			if len(logs) > 0 {
+				from = max(from, logs[len(logs)-1].Index+1)
+			}
+			extra := f.fromLog(from, hinted, term)
+			if extra == nil {
+				// Not this node's entry (its log diverged, or was compacted):
+				// Raft will bring the commit.
+				f.qmu.Lock()
+				if f.hinted == hinted {
+					f.hinted = 0
+				}
+				f.qmu.Unlock()
+			}
+			logs = append(logs, extra...)
+			if f.metrics != nil {
+				f.metrics.hinted.Add(float64(len(extra)))
+			}
+		}
+		// Entries applied already (from a hint, or before a restart) are
+		// dropped: a transaction with nothing in it still costs fsyncs.
+		applied := f.applied.Load()
+		for len(logs) > 0 && logs[0].Index <= applied {
+			logs = logs[1:]
+		}
+		var err error
+		if len(logs) > 0 {
+			err = f.apply(logs)
+		}
+
+		f.qmu.Lock()
+		f.busy = false
+		if err != nil {
+			f.failed = err
+		}
+		f.qcond.Broadcast()
+		f.qmu.Unlock()
+		if err != nil {
+			f.fatal(err)
+			return
+		}
+	}
+}
+
+// hold waits until everything queued is applied and keeps the applier
+// still until release: Raft takes a snapshot or installs one believing the
+// FSM has applied all it was handed, and nothing may be applied meanwhile.
+func (f *fsm) hold() error {
+	f.qmu.Lock()
+	defer f.qmu.Unlock()
+	for (len(f.queue) > 0 || f.busy) && f.failed == nil {
+		f.qcond.Wait()
+	}
+	if f.failed != nil {
+		return f.failed
+	}
+	f.held = true
+	return nil
+}
+
+func (f *fsm) release() {
+	f.qmu.Lock()
+	f.held = false
+	f.qcond.Broadcast()
+	f.qmu.Unlock()
+}
+
+// close applies what is queued and stops the applier; call it after Raft
+// has shut down, before the store is closed.
+func (f *fsm) close() {
+	f.qmu.Lock()
+	f.closing = true
+	f.qcond.Broadcast()
+	f.qmu.Unlock()
+	<-f.done
+}
+
+// apply applies entries in one store transaction, recording the last index
+// in the same transaction. Entries at or below the recorded index were
+// applied before a restart and are skipped.
+func (f *fsm) apply(logs []*raft.Log) error {
 	start := time.Now()
-	resps := make([]interface{}, len(logs))
 	var fail error
 	err := f.store.Update(func(tx *storage.Tx) error {
 		done := tx.Applied()
 		var last time.Time
-		for i, l := range logs {
+		for _, l := range logs {
 			if l.Index <= done {
 				continue
 			}
@@ -80,12 +308,10 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 			}
 			tx.SetClock(l.Index, env.Time)
 			last = env.Time
-			resp, err := f.applyEnvelope(tx, l.Index, env)
-			if err != nil {
+			if _, err := f.applyEnvelope(tx, l.Index, env); err != nil {
 				fail = fmt.Errorf("log entry %d (%s): %w", l.Index, env.Type, err)
 				return fail
 			}
-			resps[i] = resp
 		}
 		if !last.IsZero() {
 			if err := tx.PruneRequests(last.Add(-requestTTL).UnixNano()); err != nil {
@@ -99,13 +325,12 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	})
 	if err != nil {
 		// The transaction was rolled back: nothing of this batch is stored.
-		// Raft would count the batch as applied, so this node must not go
-		// on; it stops with the reason rather than diverge.
+		// Raft counts the entries as applied, so this node must not go on;
+		// it stops with the reason rather than diverge.
 		if fail == nil {
 			fail = fmt.Errorf("store write failed: %w", err)
 		}
-		f.fatal(fail)
-		select {} // never return: the node is shutting down
+		return fail
 	}
 	f.applied.Store(logs[len(logs)-1].Index)
 	f.mu.Lock()
@@ -116,7 +341,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		f.metrics.applyBatch.Observe(float64(len(logs)))
 		f.metrics.applyLatency.Observe(time.Since(start).Seconds())
 	}
-	return resps
+	return nil
 }
 
 // applyEnvelope applies one command. Domain failures become the response;
@@ -292,6 +517,10 @@ func (f *fsm) digest(index uint64) ([]byte, bool) {
 // Snapshot captures a read view; the work happens in Persist, concurrently
 // with further applies.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.hold(); err != nil {
+		return nil, fmt.Errorf("snapshot: the state machine stopped: %w", err)
+	}
+	defer f.release()
 	sn, err := f.store.Snapshot()
 	if err != nil {
 		return nil, err
@@ -303,6 +532,10 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // node lacks from its peers before swapping the state in.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if err := f.hold(); err != nil {
+		return fmt.Errorf("restore: the state machine stopped: %w", err)
+	}
+	defer f.release()
 	start := time.Now()
 	index, err := f.store.Restore(context.Background(), rc, f.fetch)
 	if err != nil {

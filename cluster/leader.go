@@ -54,6 +54,12 @@ func (n *Node) lead(ctx context.Context) {
 		n.log.Warn("barrier after election failed", "err", err)
 		return
 	}
+	// Raft's barrier covers what it handed the state machine; the applier
+	// may still be working through it.
+	if err := n.WaitApplied(ctx, n.raft.AppliedIndex()); err != nil {
+		n.log.Warn("waiting for the state machine after election failed", "err", err)
+		return
+	}
 	n.readyTerm.Store(term)
 	n.log.Info("leading the cluster")
 	if n.appliedClusterID() == "" {

@@ -16,6 +16,7 @@ type metrics struct {
 	forwarded       prometheus.Counter
 	logStore        prometheus.Histogram
 	logBatch        prometheus.Histogram
+	hinted          prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -43,8 +44,10 @@ func newMetrics(n *Node) *metrics {
 		logBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "flotilla_raft_log_batch_entries", Help: "Entries per write to the Raft log.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		hinted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_fsm_hinted_entries_total", Help: "Entries applied ahead of Raft's commit notice, because the leader's answer to a forwarded write showed them committed."}),
 	}
-	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded, m.logStore, m.logBatch,
+	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded, m.logStore, m.logBatch, m.hinted,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_state",
 			Help: "Raft state of this node: 0 follower, 1 candidate, 2 leader, 3 shutdown."},

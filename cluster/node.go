@@ -201,6 +201,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.fsm.fetch = n.fetchBlobs
+	n.fsm.useLog(n.logStore)
 	n.commits = newCommitTracker(n.logStore, func() *raft.Raft { return n.raft })
 	n.fsm.committed = n.commits.applying
 	ok = true
@@ -302,7 +303,7 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	logs := trackingLogStore{LogStore: n.logStore, t: n.commits, metrics: n.metrics}
+	logs := trackingLogStore{LogStore: n.logStore, t: n.commits, fsm: n.fsm, metrics: n.metrics}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
@@ -370,6 +371,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 }
 
 func (n *Node) closeStores() {
+	if n.fsm != nil {
+		n.fsm.close()
+	}
 	if n.logStore != nil {
 		n.logStore.Close()
 	}
@@ -390,28 +394,36 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	// committed write is waited for until it is applied here (or the
 	// caller gives up), never reported failed.
 	//
-	// A follower does not wait for the leader to apply the entry: apply is
-	// deterministic, so its own state machine computes the same response,
-	// which it keeps under the request ID. The leader answers at commit,
-	// and the wait for the leader's store commit (an fsync) leaves the
-	// path of every write made through a follower.
+	// Nobody waits for the leader to apply the entry: apply is
+	// deterministic, so this node's own state machine computes the same
+	// response, which it keeps under the request ID. The leader answers at
+	// commit, and the wait for the leader's store commit (an fsync) leaves
+	// the path of every write made through a follower.
 	entry, id := newEntry(c)
 	start := time.Now()
-	leader := n.raft.State() == raft.Leader
-	idx, resp, err := n.submitWith(ctx, entry, !leader)
+	idx, _, err := n.submitWith(ctx, entry, true)
 	if err != nil {
 		return command.Response{}, 0, err
 	}
 	n.metrics.commitLatency.Observe(time.Since(start).Seconds())
-	if err := n.WaitApplied(ctx, idx); err != nil {
-		return resp, idx, fmt.Errorf("committed at index %d but not yet applied here: %w", idx, err)
-	}
-	if !leader {
-		if resp, err = n.localResponse(id); err != nil {
-			return resp, idx, fmt.Errorf("committed at index %d: %w", idx, err)
-		}
+	resp, err := n.appliedResponse(ctx, idx, id)
+	if err != nil {
+		return resp, idx, err
 	}
 	return resp, idx, resp.Err()
+}
+
+// appliedResponse waits until this node has applied the entry at index and
+// returns the response its state machine recorded for the request.
+func (n *Node) appliedResponse(ctx context.Context, index uint64, id storage.RequestID) (command.Response, error) {
+	if err := n.WaitApplied(ctx, index); err != nil {
+		return command.Response{}, fmt.Errorf("committed at index %d but not yet applied here: %w", index, err)
+	}
+	resp, err := n.localResponse(id)
+	if err != nil {
+		return resp, fmt.Errorf("committed at index %d: %w", index, err)
+	}
+	return resp, nil
 }
 
 // localResponse is the response this node's state machine recorded for a
@@ -521,7 +533,7 @@ func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (u
 		if n.raft.State() == raft.Leader {
 			leaderless = time.Time{}
 			if commitOnly {
-				idx, err = n.commitAsLeader(actx, entry)
+				idx, _, err = n.commitAsLeader(actx, entry)
 			} else {
 				idx, resp, err = n.applyAsLeader(actx, entry)
 			}
@@ -594,21 +606,27 @@ func (n *Node) forwardWatching(ctx context.Context, leader string, entry []byte,
 	return n.forward(ctx, leader, entry, commitOnly)
 }
 
+// applyAsLeader appends an entry and waits until it is applied here, for
+// its response.
 func (n *Node) applyAsLeader(ctx context.Context, entry []byte) (uint64, command.Response, error) {
-	timeout := time.Until(deadline(ctx))
-	f := n.raft.Apply(entry, timeout)
-	if err := f.Error(); err != nil {
+	env, err := command.Open(entry)
+	if err != nil {
 		return 0, command.Response{}, err
 	}
-	resp, _ := f.Response().(command.Response)
-	return f.Index(), resp, nil
+	idx, _, err := n.commitAsLeader(ctx, entry)
+	if err != nil {
+		return 0, command.Response{}, err
+	}
+	resp, err := n.appliedResponse(ctx, idx, env.Request)
+	return idx, resp, err
 }
 
 // commitAsLeader appends an entry and waits for its commit, not its apply.
-func (n *Node) commitAsLeader(ctx context.Context, entry []byte) (uint64, error) {
+// It returns the entry's index and term.
+func (n *Node) commitAsLeader(ctx context.Context, entry []byte) (uint64, uint64, error) {
 	env, err := command.Open(entry)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	committed, cancel := n.commits.await(env.Request)
 	defer cancel()
@@ -620,14 +638,14 @@ func (n *Node) commitAsLeader(ctx context.Context, entry []byte) (uint64, error)
 		}
 	}()
 	select {
-	case idx := <-committed:
-		return idx, nil
+	case at := <-committed:
+		return at.index, at.term, nil
 	case err := <-failed:
 		// The entry may still commit under the next leader; the caller
 		// retries it, and the state machine applies it at most once.
-		return 0, err
+		return 0, 0, err
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
 }
 

@@ -37,7 +37,12 @@ func (n *Node) rpcHandler() http.Handler {
 	return mux
 }
 
-const headerIndex = "Flotilla-Index"
+// The leader answers a forwarded write with the entry's index, and, once
+// committed, its term (see fsm.hint).
+const (
+	headerIndex = "Flotilla-Index"
+	headerTerm  = "Flotilla-Term"
+)
 
 // handleApply commits a forwarded entry; only the leader does.
 func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
@@ -51,12 +56,13 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("commit") != "" {
-		idx, err := n.commitAsLeader(r.Context(), entry)
+		idx, term, err := n.commitAsLeader(r.Context(), entry)
 		if err != nil {
 			http.Error(w, err.Error(), applyStatus(err))
 			return
 		}
 		w.Header().Set(headerIndex, strconv.FormatUint(idx, 10))
+		w.Header().Set(headerTerm, strconv.FormatUint(term, 10))
 		return
 	}
 	idx, resp, err := n.applyAsLeader(r.Context(), entry)
@@ -109,6 +115,11 @@ func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitO
 		return 0, resp, true, fmt.Errorf("leader %s: bad index", leader)
 	}
 	if commitOnly {
+		// Older leaders send no term; the entry is then applied when Raft
+		// brings the commit index here.
+		if term, err := strconv.ParseUint(res.Header.Get(headerTerm), 10, 64); err == nil && term > 0 {
+			n.fsm.hint(idx, term)
+		}
 		return idx, resp, true, nil
 	}
 	resp, err = command.UnmarshalResponse(body)

@@ -91,6 +91,36 @@ func TestFollowerWriteReachesEveryNode(t *testing.T) {
 		}
 	}
 	verifyClean(t, f, 3)
+
+	// The follower applies its own writes as soon as the leader's answer
+	// shows them committed, not when Raft's next append tells it (up to
+	// CommitTimeout later); the metric counts entries applied that way.
+	for i := range 20 {
+		f.MustCLI("domain", "add", fmt.Sprintf("hint%d.example.org", i))
+	}
+	raw, err := f.Raw("GET", "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hinted := metricValue(string(raw), "flotilla_fsm_hinted_entries_total"); hinted < 1 {
+		t.Errorf("20 writes through %s, none applied from the leader's answer (flotilla_fsm_hinted_entries_total %v)", f.ID, hinted)
+	}
+	waitDomain(t, c, "hint19.example.org")
+	verifyClean(t, f, 3)
+}
+
+// metricValue reads one unlabelled sample from a Prometheus text page; -1
+// if absent.
+func metricValue(page, name string) float64 {
+	for _, line := range strings.Split(page, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
 
 func TestMetricsAndGracefulStop(t *testing.T) {
