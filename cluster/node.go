@@ -727,9 +727,14 @@ func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
 	if addr == "" {
 		return 0, errNotLeader
 	}
-	var out struct{ Index uint64 }
-	err := n.call(ctx, string(addr), http.MethodGet, "/internal/readindex", nil, &out)
-	return out.Index, err
+	var out struct{ Index, Term uint64 }
+	if err := n.call(ctx, string(addr), http.MethodGet, "/internal/readindex", nil, &out); err != nil {
+		return 0, err
+	}
+	if out.Term > 0 { // older leaders send none
+		n.fsm.hint(out.Index, out.Term)
+	}
+	return out.Index, nil
 }
 
 // Applied is the last index applied on this node.

@@ -136,7 +136,14 @@ func (n *Node) handleReadIndex(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	writeJSON(w, struct{ Index uint64 }{idx})
+	// With the entry's term the follower can apply up to idx from its own
+	// log without waiting for Raft's next append (see fsm.hint).
+	var l raft.Log
+	var term uint64
+	if err := n.logStore.GetLog(idx, &l); err == nil {
+		term = l.Term
+	}
+	writeJSON(w, struct{ Index, Term uint64 }{idx, term})
 }
 
 // handleDigest answers with the digest this node recorded at a Digest
