@@ -5,6 +5,9 @@
 //
 //	go run ./cmd/flotilla-imapbench [-sessions 8] [-messages 300] [-duration 5s] [-big 100000]
 //
+// IMAPBENCH_PROFILE=STORE:/tmp/store.cpu saves a CPU profile of each
+// serving Flotilla node while that command runs (to /tmp/store.cpu.<target>).
+//
 // It needs Debian's dovecot-imapd (dovecot on PATH) and runs as root (the
 // Dovecot mail user is "mail"). Servers listen on loopback addresses only.
 package main
