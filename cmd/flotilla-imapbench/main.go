@@ -58,6 +58,8 @@ type target struct {
 	bigOK bool
 	// profile, if set, saves a CPU profile of the serving node to path.
 	profile func(path string, d time.Duration)
+	// metrics, if set, prints every node's commit, log and apply histograms.
+	metrics func()
 }
 
 func main() {
@@ -85,6 +87,9 @@ func main() {
 	if want("flotilla-3f") {
 		t := startFlotilla(r, 3)
 		results = append(results, runTarget(r, t))
+		if os.Getenv("IMAPBENCH_METRICS") != "" {
+			t.metrics()
+		}
 		if *big > 0 && *bigF {
 			bigResults = append(bigResults, runBig(r, t))
 		}
@@ -414,6 +419,19 @@ func startFlotilla(r *runner, nodes int) *target {
 		}
 		return fmt.Sprintf("u%d@bench.test", i)
 	}}
+	t.metrics = func() {
+		for _, n := range c.Nodes {
+			raw, err := n.Raw("GET", "/metrics")
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(raw), "\n") {
+				if strings.HasPrefix(line, "flotilla_") && (strings.Contains(line, "_sum ") || strings.Contains(line, "_count ") || strings.Contains(line, "_total ")) {
+					fmt.Fprintln(os.Stderr, n.ID, line)
+				}
+			}
+		}
+	}
 	t.profile = func(path string, d time.Duration) {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", serve.Addr(harness.HTTPPort), max(1, int(d.Seconds()))), nil)
 		req.Header.Set("Authorization", "Bearer "+c.Token)
