@@ -53,8 +53,11 @@ type fsm struct {
 	qcond    *sync.Cond
 	queue    []*raft.Log
 	qbytes   int
-	busy     bool   // the applier holds entries taken from the queue
-	held     bool   // a snapshot is being taken or installed (hold)
+	busy     bool // the applier holds entries taken from the queue
+	held     bool // a snapshot is being taken or installed (hold)
+	waiters  int  // callers of wait and hold: apply now, not lazily
+	due      bool // the lazy window of the queue's oldest entries ended
+	lazy     *time.Timer
 	queuedTo uint64 // the last index Raft has handed over
 	failed   error  // the applier stopped; nothing more is applied
 	closing  bool
@@ -73,6 +76,16 @@ type fsm struct {
 const (
 	maxQueuedEntries = 4096
 	maxQueuedBytes   = 64 << 20
+)
+
+// While nobody on this node waits for an entry to be applied (a write
+// acknowledged at commit, like SMTP's 250, or one made through another
+// node), the applier lets entries gather for up to lazyWindow, or
+// lazyEntries of them, before a transaction: fewer fsyncs per message on
+// every node. Someone starting to wait ends the window at once.
+const (
+	lazyWindow  = 10 * time.Millisecond
+	lazyEntries = 512
 )
 
 func newFSM(store *storage.Store, log *slog.Logger, m *metrics, fatal func(error)) (*fsm, error) {
@@ -185,28 +198,54 @@ func (f *fsm) fromLog(from, to, term uint64) []*raft.Log {
 	return append(out, &last)
 }
 
+// next waits for the applier's next work: queued entries and a hint to
+// follow (0 if none). It reports false when the applier is to stop.
+func (f *fsm) next() (logs []*raft.Log, hinted, term uint64, ok bool) {
+	f.qmu.Lock()
+	defer f.qmu.Unlock()
+	for {
+		switch {
+		case f.held:
+		case f.hintReady():
+			return f.take(), f.hinted, f.hintTerm, true
+		case len(f.queue) > 0 && (f.closing || f.waiters > 0 || f.due || len(f.queue) >= lazyEntries):
+			return f.take(), 0, 0, true
+		case len(f.queue) > 0 && f.lazy == nil:
+			f.lazy = time.AfterFunc(lazyWindow, func() {
+				f.qmu.Lock()
+				f.due = true
+				f.qcond.Broadcast()
+				f.qmu.Unlock()
+			})
+		case len(f.queue) == 0 && f.closing:
+			return nil, 0, 0, false
+		}
+		f.qcond.Wait()
+	}
+}
+
+// take hands the queue to the applier; qmu is held.
+func (f *fsm) take() []*raft.Log {
+	logs := f.queue
+	f.queue, f.qbytes, f.busy = nil, 0, true
+	if f.lazy != nil {
+		f.lazy.Stop()
+		f.lazy = nil
+	}
+	f.due = false
+	f.qcond.Broadcast()
+	return logs
+}
+
 // run is the applier: it applies whatever is queued, and what a hint
 // shows committed, a transaction at a time, until close.
 func (f *fsm) run() {
 	defer close(f.done)
 	for {
-		f.qmu.Lock()
-		for f.held || len(f.queue) == 0 && !f.closing && !f.hintReady() {
-			f.qcond.Wait()
-		}
-		if len(f.queue) == 0 && !f.hintReady() {
-			f.qmu.Unlock()
+		logs, hinted, term, ok := f.next()
+		if !ok {
 			return
 		}
-		logs := f.queue
-		f.queue, f.qbytes, f.busy = nil, 0, true
-		hinted, term := f.hinted, f.hintTerm
-		if hinted <= max(f.applied.Load(), f.queuedTo) {
-			hinted = 0
-		}
-		f.qcond.Broadcast()
-		f.qmu.Unlock()
-
 		if hinted > 0 {
 			from := f.applied.Load() + 1
 			if len(logs) > 0 {
@@ -258,9 +297,12 @@ func (f *fsm) run() {
 func (f *fsm) hold() error {
 	f.qmu.Lock()
 	defer f.qmu.Unlock()
+	f.waiters++
+	f.qcond.Broadcast()
 	for (len(f.queue) > 0 || f.busy) && f.failed == nil {
 		f.qcond.Wait()
 	}
+	f.waiters--
 	if f.failed != nil {
 		return f.failed
 	}
@@ -487,6 +529,18 @@ func (f *fsm) Applied() uint64 { return f.applied.Load() }
 // sees (no-ops, barriers) count as applied when onlySkipped says that
 // nothing between the FSM's last index and index is for the FSM.
 func (f *fsm) wait(ctx context.Context, index uint64, onlySkipped func(applied, index uint64) bool) error {
+	if f.applied.Load() >= index {
+		return nil
+	}
+	f.qmu.Lock()
+	f.waiters++
+	f.qcond.Broadcast()
+	f.qmu.Unlock()
+	defer func() {
+		f.qmu.Lock()
+		f.waiters--
+		f.qmu.Unlock()
+	}()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
