@@ -112,3 +112,26 @@ func TestHintIgnoresEntriesThatAreNotTheLeaders(t *testing.T) {
 		t.Errorf("fromLog(2, 3, term 2) = %v, want entries 2 and 3", got)
 	}
 }
+
+// Entries nobody waits for are applied too, once the lazy window ends; a
+// snapshot taken meanwhile first applies everything queued.
+func TestLazyApplyWithoutWaiters(t *testing.T) {
+	f, store, entries := testFSM(t, 1, 1, 1)
+	f.ApplyBatch(entries[:2])
+	deadline := time.Now().Add(10 * time.Second)
+	for f.Applied() < 2 { // polling: a waiter would end the window itself
+		if time.Now().After(deadline) {
+			t.Fatalf("entries nobody waits for were never applied (applied %d)", f.Applied())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	f.ApplyBatch(entries[2:])
+	sn, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Release()
+	if got, _ := store.Applied(); got != 3 {
+		t.Fatalf("snapshot taken with entry 3 queued: store at %d, want 3", got)
+	}
+}
