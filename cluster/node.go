@@ -394,11 +394,11 @@ func (n *Node) Propose(ctx context.Context, c command.Command) (command.Response
 	// committed write is waited for until it is applied here (or the
 	// caller gives up), never reported failed.
 	//
-	// Nobody waits for the leader to apply the entry: apply is
-	// deterministic, so this node's own state machine computes the same
-	// response, which it keeps under the request ID. The leader answers at
-	// commit, and the wait for the leader's store commit (an fsync) leaves
-	// the path of every write made through a follower.
+	// The proposer waits for its own node's apply only, never for the
+	// leader's: apply is deterministic, so this node's state machine
+	// computes the same response and keeps it under the request ID. The
+	// leader answers at commit, and the wait for the leader's store commit
+	// (an fsync) leaves the path of every write made through a follower.
 	entry, id := newEntry(c)
 	start := time.Now()
 	idx, _, err := n.submitWith(ctx, entry, true)
