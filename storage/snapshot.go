@@ -87,10 +87,10 @@ func (sn *Snapshot) write(w io.Writer, bodies bool) (int64, error) {
 		rw.bucket(name, sn.tx.Bucket(name))
 	}
 	if bodies {
-		blobs := sn.tx.Bucket(bBlobs)
+		btx := &Tx{tx: sn.tx}
 		c := sn.tx.Bucket(bRefs).Cursor()
 		for k, _ := c.First(); k != nil && rw.err == nil; k, _ = c.Next() {
-			v := blobs.Get(k)
+			v := btx.blob(k)
 			if v == nil {
 				var h Hash
 				copy(h[:], k)

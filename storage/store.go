@@ -41,7 +41,8 @@ var (
 	bMessages  = []byte("messages") // nested: mailbox id -> uid -> Message
 	bModSeqs   = []byte("modseqs")  // nested: mailbox id -> modseq|uid -> nil
 	bUIDs      = []byte("uids")     // nested: mailbox id -> uid -> nil (compact, for sequence maps)
-	bBlobs     = []byte("blobs")    // hash -> zstd body (local, not in digest or snapshot)
+	bBlobs     = []byte("blobs")    // hash -> body number (local, not in digest or snapshot)
+	bBodies    = []byte("bodies")   // body number -> zstd body (local)
 	bRefs      = []byte("refs")     // hash -> reference count
 	bBlobGC    = []byte("blobgc")   // hash -> sequence at which it became unreferenced (local)
 	bLocal     = []byte("local")    // counters of this node's copy (local)
@@ -53,7 +54,7 @@ var (
 	// every node at the same index, carried by snapshots, hashed by Digest.
 	replicated = [][]byte{bMeta, bDomains, bUsers, bUserIDs, bAliases, bMailboxes, bMbNames,
 		bMessages, bModSeqs, bUIDs, bRefs, bQueue, bRequests, bSettings, bPopLocks}
-	local = [][]byte{bBlobs, bBlobGC, bLocal}
+	local = [][]byte{bBlobs, bBodies, bBlobGC, bLocal}
 
 	kApplied   = []byte("applied")   // last applied sequence; meta, not hashed
 	kClusterID = []byte("clusterid") // set once by the first command

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -362,4 +363,99 @@ func TestBackupCarriesBodies(t *testing.T) {
 	if _, _, err := VerifyBackup(bytes.NewReader(backup.Bytes()[:backup.Len()-10]), t.TempDir()); !errors.Is(err, ErrCorruptSnapshot) {
 		t.Fatalf("truncated backup: %v", err)
 	}
+}
+
+// Bodies are appended in the order they arrive, under numbers, whatever
+// their hashes; a body stored by an older build under its hash is still
+// read, counted, backed up and collected.
+func TestBodiesAppendInOrderAndOldLayoutIsRead(t *testing.T) {
+	s := openTest(t)
+	seed(t, s)
+	var msgs []Message
+	for i := 0; i < 20; i++ {
+		msgs = append(msgs, deliver(t, s, uint64(2+i), "alice@example.org", fmt.Sprintf("body %d", i)))
+	}
+	// An entry as builds before the numbered layout wrote it.
+	old := "a body from an older build"
+	oh, oz := s.Compress([]byte(old))
+	write(t, s, 30, func(tx *Tx) error {
+		u, err := tx.User("bob@example.org")
+		if err != nil {
+			return err
+		}
+		mb, err := tx.Mailbox(u.ID, "INBOX")
+		if err != nil {
+			return err
+		}
+		if err := tx.addBlobStats(1, int64(len(oz))); err != nil {
+			return err
+		}
+		if err := tx.tx.Bucket(bBlobs).Put(oh[:], oz); err != nil {
+			return err
+		}
+		_, err = tx.AppendMessage(mb.ID, Message{Blob: oh, Size: int64(len(old))}, false)
+		return err
+	})
+	_ = s.View(func(tx *Tx) error {
+		var last uint64
+		n := 0
+		err := tx.tx.Bucket(bBodies).ForEach(func(k, _ []byte) error {
+			if got := binary.BigEndian.Uint64(k); got <= last {
+				t.Errorf("body number %d after %d", got, last)
+			} else {
+				last = got
+			}
+			n++
+			return nil
+		})
+		if err != nil || n != 20 {
+			t.Errorf("%d numbered bodies (%v), want 20", n, err)
+		}
+		for i, m := range msgs {
+			if b, err := tx.Body(m.Blob); err != nil || string(b) != fmt.Sprintf("body %d", i) {
+				t.Errorf("body %d = %q, %v", i, b, err)
+			}
+		}
+		if b, err := tx.Body(oh); err != nil || string(b) != old {
+			t.Errorf("old-layout body = %q, %v", b, err)
+		}
+		if c, _ := tx.BlobStats(); c != 21 {
+			t.Errorf("stored bodies = %d, want 21", c)
+		}
+		return nil
+	})
+	var backup bytes.Buffer
+	sn, err := s.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.WriteBackup(&backup); err != nil {
+		t.Fatalf("backup with an old-layout body: %v", err)
+	}
+	sn.Release()
+	write(t, s, 31, func(tx *Tx) error {
+		if err := tx.RemoveUser("bob@example.org"); err != nil {
+			return err
+		}
+		return tx.RemoveUser("alice@example.org")
+	})
+	write(t, s, 32, func(tx *Tx) error {
+		n, err := tx.CollectGarbage(31)
+		if n != 21 {
+			t.Errorf("collected %d, want 21", n)
+		}
+		return err
+	})
+	_ = s.View(func(tx *Tx) error {
+		if c, b := tx.BlobStats(); c != 0 || b != 0 {
+			t.Errorf("after collection: %d bodies, %d bytes", c, b)
+		}
+		if k, _ := tx.tx.Bucket(bBodies).Cursor().First(); k != nil {
+			t.Error("a numbered body outlived its collection")
+		}
+		if k, _ := tx.tx.Bucket(bBlobs).Cursor().First(); k != nil {
+			t.Error("a blob entry outlived its collection")
+		}
+		return nil
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +30,14 @@ func main() {
 	}
 	t := harness.NewRunner()
 	defer t.Finish()
+	if path := os.Getenv("BENCH_SELF_PROFILE"); path != "" {
+		// The load generator shares the machine's cores with the nodes it
+		// measures; this shows what it costs.
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
 	switch os.Args[1] {
 	case "commit":
 		fs := flag.NewFlagSet("commit", flag.ExitOnError)
@@ -171,7 +180,15 @@ func commit(t *harness.Runner, nodes, writers, count, size int, profile string) 
 	// A short warm-up, then the measured run.
 	load(c, "user@example.org", writers, min(500, count/10), size)
 	if profile != "" {
-		go fetchProfile(c, c.WaitLeader(time.Minute), profile)
+		leader := c.WaitLeader(time.Minute)
+		go fetchProfile(c, leader, profile)
+		if os.Getenv("BENCH_PROFILE_ALL") != "" { // and each other node, to path.<id>
+			for _, n := range c.Nodes {
+				if n != leader {
+					go fetchProfile(c, n, profile+"."+n.ID)
+				}
+			}
+		}
 	}
 	lat, took := load(c, "user@example.org", writers, count, size)
 	if os.Getenv("BENCH_METRICS") != "" {
