@@ -2,8 +2,8 @@ package storage
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
