@@ -78,7 +78,7 @@ func Recover(cfg Config, keep []string) (raft.Configuration, error) {
 	rc.Logger = newHCLogger("raft", n.log)
 	rc.NoSnapshotRestoreOnStart = true
 	_, trans := raft.NewInmemTransport(raft.ServerAddress(n.cfg.AdvertiseAddr))
-	current, err := raft.GetConfiguration(rc, n.fsm, n.logStore, n.logStore, n.snaps, trans)
+	current, err := raft.GetConfiguration(rc, n.fsm, n.logs, n.logStore, n.snaps, trans)
 	if err != nil {
 		return out, fmt.Errorf("reading the configuration: %w", err)
 	}
@@ -98,7 +98,7 @@ func Recover(cfg Config, keep []string) (raft.Configuration, error) {
 	if len(out.Servers) == 0 {
 		return out, errors.New("recover: no servers to keep")
 	}
-	if err := raft.RecoverCluster(rc, n.fsm, n.logStore, n.logStore, n.snaps, trans, out); err != nil {
+	if err := raft.RecoverCluster(rc, n.fsm, n.logs, n.logStore, n.snaps, trans, out); err != nil {
 		return out, fmt.Errorf("recover: %w", err)
 	}
 	return out, nil

@@ -132,6 +132,7 @@ type Node struct {
 	id       *identity
 	store    *storage.Store
 	logStore *raftboltdb.BoltStore
+	logs     *logCache // logStore with its newest entries in memory
 	snaps    *raft.FileSnapshotStore
 	fsm      *fsm
 	commits  *commitTracker
@@ -201,8 +202,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.fsm.fetch = n.fetchBlobs
-	n.fsm.useLog(n.logStore)
-	n.commits = newCommitTracker(n.logStore, func() *raft.Raft { return n.raft })
+	n.logs = newLogCache(n.logStore)
+	n.fsm.useLog(n.logs)
+	n.commits = newCommitTracker(n.logs, func() *raft.Raft { return n.raft })
 	n.fsm.committed = n.commits.applying
 	ok = true
 	return n, nil
@@ -303,7 +305,7 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	logs := trackingLogStore{LogStore: n.logStore, t: n.commits, fsm: n.fsm, metrics: n.metrics}
+	logs := trackingLogStore{LogStore: n.logs, t: n.commits, fsm: n.fsm, metrics: n.metrics}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
@@ -672,7 +674,7 @@ func (n *Node) onlySkipped(applied, index uint64) bool {
 	}
 	for i := applied + 1; i <= index; i++ {
 		var l raft.Log
-		if err := n.logStore.GetLog(i, &l); err != nil {
+		if err := n.logs.GetLog(i, &l); err != nil {
 			return false
 		}
 		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {

@@ -140,7 +140,7 @@ func (n *Node) handleReadIndex(w http.ResponseWriter, r *http.Request) {
 	// log without waiting for Raft's next append (see fsm.hint).
 	var l raft.Log
 	var term uint64
-	if err := n.logStore.GetLog(idx, &l); err == nil {
+	if err := n.logs.GetLog(idx, &l); err == nil {
 		term = l.Term
 	}
 	writeJSON(w, struct{ Index, Term uint64 }{idx, term})
