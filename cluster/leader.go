@@ -232,12 +232,11 @@ func (n *Node) repairBodies(ctx context.Context) {
 		return
 	}
 	n.log.Warn("message bodies missing on this node; fetching from peers", "count", len(missing))
-	err := n.fetchBlobs(ctx, missing, func(h storage.Hash, b []byte) error {
-		if _, err := n.store.Decompress(h, b); err != nil {
-			return err
-		}
-		return n.store.Update(func(tx *storage.Tx) error { return tx.PutBlob(h, b) })
-	})
+	bw := n.store.NewBlobWriter()
+	err := n.fetchBlobs(ctx, missing, bw.Put)
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
 	if err != nil {
 		n.log.Warn("body repair failed", "err", err)
 	}

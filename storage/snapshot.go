@@ -185,7 +185,11 @@ func (s *Store) Restore(ctx context.Context, r io.Reader, fetch FetchFunc) (uint
 		scratch.Close()
 		os.Remove(scratchPath)
 	}()
-	index, err := readSnapshot(r, scratch, s.putBlob)
+	bw := s.NewBlobWriter()
+	index, err := readSnapshot(r, scratch, bw.Put)
+	if err == nil {
+		err = bw.Flush()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("restore: %w", err)
 	}
@@ -213,15 +217,70 @@ func SnapshotIndex(r io.Reader) (uint64, error) {
 	return binary.BigEndian.Uint64(hdr[len(snapMagic)+4:]), nil
 }
 
-// putBlob stores a body received whole (from a backup or a peer), after
-// checking it against its hash. It stays unreferenced until a swap.
-func (s *Store) putBlob(h Hash, compressed []byte) error {
-	if _, err := s.Decompress(h, compressed); err != nil {
+// BlobWriter stores bodies received whole (from a backup or a peer), each
+// checked against its hash, a few hundred to a transaction: one commit (two
+// fsyncs) per body made restoring 2,000 bodies take 0.59 s. The bodies stay
+// unreferenced until a swap or until the references they were fetched for
+// arrive. Flush stores what is pending. A failed write fails every later
+// Put and Flush too, so that a caller checking only the last one still
+// learns of it. A writer is not safe for concurrent use.
+type BlobWriter struct {
+	s       *Store
+	pending []pendingBlob
+	bytes   int
+	err     error
+}
+
+type pendingBlob struct {
+	h Hash
+	z []byte
+}
+
+const (
+	blobBatchCount = 512
+	blobBatchBytes = 16 << 20
+)
+
+// NewBlobWriter returns a writer of bodies into s.
+func (s *Store) NewBlobWriter() *BlobWriter { return &BlobWriter{s: s} }
+
+// Put verifies a compressed body and queues it; the caller must not change
+// compressed afterwards.
+func (w *BlobWriter) Put(h Hash, compressed []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	if _, err := w.s.Decompress(h, compressed); err != nil {
 		return err
 	}
-	return s.db.Update(func(btx *bolt.Tx) error {
-		return (&Tx{tx: btx, s: s}).PutBlob(h, compressed)
+	w.pending = append(w.pending, pendingBlob{h, compressed})
+	w.bytes += len(compressed)
+	if len(w.pending) >= blobBatchCount || w.bytes >= blobBatchBytes {
+		return w.Flush()
+	}
+	return nil
+}
+
+// Flush stores the queued bodies in one transaction.
+func (w *BlobWriter) Flush() error {
+	if w.err != nil || len(w.pending) == 0 {
+		return w.err
+	}
+	err := w.s.db.Update(func(btx *bolt.Tx) error {
+		tx := &Tx{tx: btx, s: w.s}
+		for _, p := range w.pending {
+			if err := tx.PutBlob(p.h, p.z); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
+	clear(w.pending)
+	w.pending, w.bytes = w.pending[:0], 0
+	if err != nil {
+		w.err = fmt.Errorf("store bodies: %w", err)
+	}
+	return w.err
 }
 
 // VerifyBackup reads a snapshot or backup through to its checksum without
@@ -427,10 +486,14 @@ func (s *Store) fetchMissing(ctx context.Context, scratch *bolt.DB, fetch FetchF
 		return fmt.Errorf("%d message bodies missing and no peer to fetch them from", len(missing))
 	}
 	got := make(map[Hash]bool, len(missing))
+	bw := s.NewBlobWriter()
 	err = fetch(ctx, missing, func(h Hash, compressed []byte) error {
 		got[h] = true
-		return s.putBlob(h, compressed)
+		return bw.Put(h, compressed)
 	})
+	if err == nil {
+		err = bw.Flush()
+	}
 	if err != nil {
 		return fmt.Errorf("fetch bodies: %w", err)
 	}

@@ -22,7 +22,7 @@ func openTest(t *testing.T) *Store {
 }
 
 // write applies fn as the change with sequence seq.
-func write(t *testing.T, s *Store, seq uint64, fn func(*Tx) error) {
+func write(t testing.TB, s *Store, seq uint64, fn func(*Tx) error) {
 	t.Helper()
 	err := s.Update(func(tx *Tx) error {
 		tx.SetClock(seq, time.Unix(1700000000, int64(seq)))
@@ -36,7 +36,7 @@ func write(t *testing.T, s *Store, seq uint64, fn func(*Tx) error) {
 	}
 }
 
-func deliver(t *testing.T, s *Store, seq uint64, user, body string) Message {
+func deliver(t testing.TB, s *Store, seq uint64, user, body string) Message {
 	t.Helper()
 	var m Message
 	h, z := s.Compress([]byte(body))
@@ -58,7 +58,7 @@ func deliver(t *testing.T, s *Store, seq uint64, user, body string) Message {
 	return m
 }
 
-func seed(t *testing.T, s *Store) {
+func seed(t testing.TB, s *Store) {
 	write(t, s, 1, func(tx *Tx) error {
 		if _, err := tx.AddDomain("Example.ORG"); err != nil {
 			return err
@@ -458,4 +458,89 @@ func TestBodiesAppendInOrderAndOldLayoutIsRead(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// BenchmarkRestoreBackup restores a backup carrying 2,000 bodies into a
+// store that fsyncs its commits, as a node's does.
+func BenchmarkRestoreBackup(b *testing.B) {
+	src, err := Open(filepath.Join(b.TempDir(), "src.db"), Options{NoSync: true, MmapSize: 256 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	seed(b, src)
+	for i := 0; i < 2000; i++ {
+		deliver(b, src, uint64(2+i), "alice@example.org", fmt.Sprintf("body %d %s", i, bytes.Repeat([]byte("mail "), 1000)))
+	}
+	var backup bytes.Buffer
+	sn, _ := src.Snapshot()
+	if _, err := sn.WriteBackup(&backup); err != nil {
+		b.Fatal(err)
+	}
+	sn.Release()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		dst, err := Open(filepath.Join(b.TempDir(), "dst.db"), Options{MmapSize: 256 << 20})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := dst.Restore(context.Background(), bytes.NewReader(backup.Bytes()), nil); err != nil {
+			b.Fatal(err)
+		}
+		dst.Close()
+	}
+}
+
+// Bodies from a peer are stored in batches; a corrupt one is refused and
+// the others still land, and a failed write is reported by every later call.
+func TestBlobWriterBatchesAndReportsFailure(t *testing.T) {
+	s := openTest(t)
+	w := s.NewBlobWriter()
+	var hashes []Hash
+	for i := 0; i < blobBatchCount+3; i++ {
+		h, z := s.Compress([]byte(fmt.Sprintf("fetched body %d", i)))
+		hashes = append(hashes, h)
+		if err := w.Put(h, z); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad, _ := s.Compress([]byte("the body the hash names"))
+	_, other := s.Compress([]byte("another body"))
+	if err := w.Put(bad, other); err == nil {
+		t.Error("a body that does not match its hash was accepted")
+	}
+	_ = s.View(func(tx *Tx) error {
+		if c, _ := tx.BlobStats(); c != blobBatchCount {
+			t.Errorf("%d bodies stored before Flush, want one batch of %d", c, blobBatchCount)
+		}
+		return nil
+	})
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(func(tx *Tx) error {
+		for i, h := range hashes {
+			if b, err := tx.Body(h); err != nil || string(b) != fmt.Sprintf("fetched body %d", i) {
+				t.Errorf("body %d = %q, %v", i, b, err)
+			}
+		}
+		if tx.HasBlob(bad) {
+			t.Error("the corrupt body was stored")
+		}
+		return nil
+	})
+	// A database that can no longer be written: the failure sticks.
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h, z := s.Compress([]byte("too late"))
+	if err := w.Put(h, z); err != nil {
+		t.Fatalf("put before the flush that fails: %v", err)
+	}
+	if err := w.Flush(); err == nil {
+		t.Fatal("a flush into a closed store reported success")
+	}
+	if err := w.Put(h, z); err == nil || w.Flush() == nil {
+		t.Error("a later Put or Flush forgot the failure")
+	}
 }
