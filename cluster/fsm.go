@@ -58,8 +58,9 @@ type fsm struct {
 	waiters  int  // callers of wait and hold: apply now, not lazily
 	due      bool // the lazy window of the queue's oldest entries ended
 	lazy     *time.Timer
-	queuedTo uint64 // the last index Raft has handed over
-	failed   error  // the applier stopped; nothing more is applied
+	window   time.Duration // lazyWindow; tests lengthen it
+	queuedTo uint64        // the last index Raft has handed over
+	failed   error         // the applier stopped; nothing more is applied
 	closing  bool
 	done     chan struct{}
 
@@ -89,7 +90,7 @@ const (
 )
 
 func newFSM(store *storage.Store, log *slog.Logger, m *metrics, fatal func(error)) (*fsm, error) {
-	f := &fsm{store: store, log: log, metrics: m, fatal: fatal,
+	f := &fsm{store: store, log: log, metrics: m, fatal: fatal, window: lazyWindow,
 		changed: make(chan struct{}), digests: map[uint64][]byte{}, done: make(chan struct{})}
 	f.qcond = sync.NewCond(&f.qmu)
 	idx, err := store.Applied()
@@ -204,14 +205,19 @@ func (f *fsm) next() (logs []*raft.Log, hinted, term uint64, ok bool) {
 	f.qmu.Lock()
 	defer f.qmu.Unlock()
 	for {
+		// A hint is followed within the lazy window too: a write forwarded
+		// and acknowledged at commit (SMTP's 250) has nobody waiting here,
+		// and following each hint at once made a transaction per write.
+		urgent := f.closing || f.waiters > 0 || f.due
+		hint := f.hintReady()
 		switch {
 		case f.held:
-		case f.hintReady():
+		case hint && (urgent || f.hinted-f.applied.Load() >= lazyEntries):
 			return f.take(), f.hinted, f.hintTerm, true
-		case len(f.queue) > 0 && (f.closing || f.waiters > 0 || f.due || len(f.queue) >= lazyEntries):
+		case len(f.queue) > 0 && (urgent || len(f.queue) >= lazyEntries):
 			return f.take(), 0, 0, true
-		case len(f.queue) > 0 && f.lazy == nil:
-			f.lazy = time.AfterFunc(lazyWindow, func() {
+		case (len(f.queue) > 0 || hint) && f.lazy == nil:
+			f.lazy = time.AfterFunc(f.window, func() {
 				f.qmu.Lock()
 				f.due = true
 				f.qcond.Broadcast()

@@ -92,6 +92,37 @@ func TestHintAppliesCommittedPrefixOnce(t *testing.T) {
 	}
 }
 
+// A hint that nobody on this node waits for (a forwarded write acknowledged
+// at commit) waits out the lazy window like queued entries do, instead of
+// costing a transaction per write; a waiter ends the window at once.
+func TestHintWithoutWaitersGathersInTheLazyWindow(t *testing.T) {
+	f, store, _ := testFSM(t, 1, 1, 1)
+	f.qmu.Lock()
+	f.window = time.Hour
+	f.qmu.Unlock()
+	f.hint(3, 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for { // until the applier has seen the hint and chose to wait
+		f.qmu.Lock()
+		waiting := f.lazy != nil
+		f.qmu.Unlock()
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) || f.Applied() > 0 {
+			t.Fatalf("a hint nobody waits for: applied %d at once, want it held for the lazy window", f.Applied())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := f.Applied(); got != 0 {
+		t.Fatalf("applied %d inside the lazy window", got)
+	}
+	waitApplied(t, f, 3)
+	if got := domainNames(t, store); fmt.Sprint(got) != "[d1.example d2.example d3.example]" {
+		t.Fatalf("after a waiter: domains %v", got)
+	}
+}
+
 // A hint whose term is not the one in this node's log (the log diverged
 // from the leader's there), or that reaches past it, yields nothing.
 func TestHintIgnoresEntriesThatAreNotTheLeaders(t *testing.T) {

@@ -261,16 +261,18 @@ func fetchProfile(c *harness.Cluster, n *harness.Node, path string) {
 
 // dumpMetrics prints the first node's FSM and commit histograms.
 func dumpMetrics(c *harness.Cluster) {
-	res, err := http.Get("http://" + c.Nodes[0].Addr(harness.HTTPPort) + "/metrics")
-	if err != nil {
-		return
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "flotilla_fsm") || strings.HasPrefix(line, "flotilla_raft_commit_seconds") || strings.HasPrefix(line, "flotilla_raft_log") {
-			if strings.Contains(line, "_sum") || strings.Contains(line, "_count") {
-				fmt.Fprintln(os.Stderr, line)
+	for _, n := range c.Nodes {
+		res, err := http.Get("http://" + n.Addr(harness.HTTPPort) + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "flotilla_raft_state") ||
+				(strings.HasPrefix(line, "flotilla_fsm") || strings.HasPrefix(line, "flotilla_raft_commit_seconds") || strings.HasPrefix(line, "flotilla_raft_log")) &&
+					(strings.Contains(line, "_sum") || strings.Contains(line, "_count")) {
+				fmt.Fprintln(os.Stderr, n.ID, line)
 			}
 		}
 	}
