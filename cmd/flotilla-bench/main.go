@@ -259,7 +259,8 @@ func fetchProfile(c *harness.Cluster, n *harness.Node, path string) {
 	_ = os.WriteFile(path, b, 0o644)
 }
 
-// dumpMetrics prints the first node's FSM and commit histograms.
+// dumpMetrics prints every node's FSM, log and commit histograms (sums and
+// counts) and its Raft state (2 is the leader), each line led by its ID.
 func dumpMetrics(c *harness.Cluster) {
 	for _, n := range c.Nodes {
 		res, err := http.Get("http://" + n.Addr(harness.HTTPPort) + "/metrics")
