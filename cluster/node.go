@@ -59,6 +59,10 @@ type Config struct {
 	SnapshotInterval  time.Duration
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// ApplyWindow is how long entries nobody on this node waits for may
+	// gather before the store applies them (default lazyWindow); tests
+	// lengthen it to show who waits.
+	ApplyWindow time.Duration
 	// NoSync skips fsync (tests and benchmarks that say so only).
 	NoSync bool
 	Logger *slog.Logger
@@ -200,6 +204,11 @@ func New(cfg Config) (*Node, error) {
 	n.metrics = newMetrics(n)
 	if n.fsm, err = newFSM(n.store, n.log, n.metrics, n.fail); err != nil {
 		return nil, err
+	}
+	if cfg.ApplyWindow > 0 {
+		n.fsm.qmu.Lock()
+		n.fsm.window = cfg.ApplyWindow
+		n.fsm.qmu.Unlock()
 	}
 	n.fsm.fetch = n.fetchBlobs
 	n.logs = newLogCache(n.logStore)

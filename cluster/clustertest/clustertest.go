@@ -22,8 +22,9 @@ import (
 )
 
 // New starts a single-node cluster in t.TempDir() on 127.0.0.1 and waits
-// until it leads. It is shut down when the test ends.
-func New(t testing.TB) *cluster.Node {
+// until it leads; tweaks change its configuration first. It is shut down
+// when the test ends.
+func New(t testing.TB, tweaks ...func(*cluster.Config)) *cluster.Node {
 	t.Helper()
 	dir := t.TempDir()
 	tlsDir := filepath.Join(dir, "tls")
@@ -39,13 +40,17 @@ func New(t testing.TB) *cluster.Node {
 	var n *cluster.Node
 	for attempt := 0; ; attempt++ {
 		var err error
-		n, err = cluster.New(cluster.Config{
+		cfg := cluster.Config{
 			NodeID: "node", DataDir: filepath.Join(dir, "data"), BindAddr: "127.0.0.1",
 			ClusterPort: freePort(t, "tcp"), GossipPort: freePort(t, "udp"), BootstrapExpect: 1,
 			TLS:    cluster.TLSFiles{CA: filepath.Join(tlsDir, "ca.pem"), Cert: filepath.Join(tlsDir, "node.pem"), Key: filepath.Join(tlsDir, "node-key.pem")},
 			NoSync: true, HeartbeatTimeout: 200 * time.Millisecond,
 			Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: level})),
-		})
+		}
+		for _, f := range tweaks {
+			f(&cfg)
+		}
+		n, err = cluster.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -110,6 +110,14 @@ func (s *session) dispatch(raw []byte) {
 	if !p.atEnd() {
 		p.sp()
 	}
+	// STORE settles for itself: a silent one needs nothing read, any other
+	// waits for its own, later, write.
+	if name != "STORE" {
+		if err := s.settle(); err != nil {
+			s.tagged(tag, err)
+			return
+		}
+	}
 	code, text, err := spec.fn(s, tag, p, uid)
 	if err == nil && p.err != nil {
 		err = p.err

@@ -299,7 +299,6 @@ func cmdFetch(s *session, tag string, p *parser, uid bool) (string, string, erro
 			if err != nil {
 				return "", "", err
 			}
-			sel.reported = map[uint32]uint64{}
 			for _, id := range resp.IDs {
 				seenNow[uint32(id)] = true
 			}
@@ -333,8 +332,8 @@ func cmdFetch(s *session, tag string, p *parser, uid bool) (string, string, erro
 					}
 					msg = s.msgBuf
 				}
-				if seenNow[r.uid] && sel.reported != nil {
-					sel.reported[r.uid] = m.ModSeq
+				if seenNow[r.uid] {
+					sel.own(r.uid, m.ModSeq)
 				}
 				s.writeFetch(r, &m, msg, parts, &f, seenNow[r.uid])
 				if len(s.out.b)-start >= fetchBatchBytes {

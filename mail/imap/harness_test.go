@@ -55,7 +55,12 @@ func testSecrets(t testing.TB) storage.Secrets {
 
 func newEnv(t testing.TB, tweak ...func(*Server)) *testEnv {
 	t.Helper()
-	node := clustertest.New(t)
+	return newEnvOn(t, clustertest.New(t), tweak...)
+}
+
+// newEnvOn is newEnv on a node the test started.
+func newEnvOn(t testing.TB, node *cluster.Node, tweak ...func(*Server)) *testEnv {
+	t.Helper()
 	u := clustertest.AddUser(t, node, "alice@example.org", testSecrets(t))
 	loader, err := certs.SelfSigned(t.TempDir(), []string{"localhost", "127.0.0.1"}, slog.New(slog.DiscardHandler))
 	if err != nil {

@@ -26,6 +26,10 @@ func (c storeOnly) Store() *storage.Store { return c.st }
 func (c storeOnly) Propose(context.Context, command.Command) (command.Response, uint64, error) {
 	return command.Response{}, 0, cluster.ErrUnavailable
 }
+func (c storeOnly) ProposeCommitted(context.Context, command.Command) (uint64, error) {
+	return 0, cluster.ErrUnavailable
+}
+func (c storeOnly) WaitApplied(context.Context, uint64) error { return nil }
 
 // bigMailbox makes a store whose user alice has n messages in INBOX. The
 // messages share one body; their headers differ (in the per-message prefix).

@@ -40,6 +40,40 @@ func (s *session) propose(c command.Command) (command.Response, error) {
 	return resp, err
 }
 
+// proposeBlind commits a write whose answer needs nothing from the state
+// machine and returns at commit: the entry is durable on a majority, and
+// the store applies it in its own time, many to a transaction. The next
+// command that reads waits for it (settle), so the session still reads
+// its own writes.
+func (s *session) proposeBlind(c command.Command) (uint64, error) {
+	idx, err := s.srv.Cluster.ProposeCommitted(s.ctx, c)
+	if err != nil {
+		return 0, err
+	}
+	s.pending = max(s.pending, idx)
+	return idx, nil
+}
+
+// settle waits until this node has applied the session's blind writes.
+func (s *session) settle() error {
+	if s.pending == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, applyWait)
+	defer cancel()
+	// WaitApplied tells the applier someone waits, so it does not gather
+	// for longer; waitApplied then waits for the store's own index.
+	err := s.srv.Cluster.WaitApplied(ctx, s.pending)
+	if err == nil {
+		err = s.srv.waitApplied(ctx, s.pending)
+	}
+	if err != nil {
+		return &Error{Status: "NO", Code: "UNAVAILABLE", Text: "your last change is saved but not yet readable here: try again", Err: err}
+	}
+	s.pending = 0
+	return nil
+}
+
 func cmdNamespace(s *session, tag string, p *parser, uid bool) (string, string, error) {
 	p.end()
 	if p.err != nil {

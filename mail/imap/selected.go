@@ -21,9 +21,18 @@ type selected struct {
 	// recentFrom: messages from this UID on arrived during the session and
 	// are \Recent to it (\Recent is not stored cluster-wide).
 	recentFrom uint32
-	// reported holds flag changes the last STORE already announced, so the
-	// poll after it does not repeat them.
+	// reported holds flag changes (UID to MODSEQ) the session need not be
+	// told of: announced by the last STORE or FETCH, or its own silent
+	// STOREs. A poll forgets those it has seen applied.
 	reported map[uint32]uint64
+}
+
+// own records changes the session made and need not be told of.
+func (sel *selected) own(uid uint32, modseq uint64) {
+	if sel.reported == nil {
+		sel.reported = map[uint32]uint64{}
+	}
+	sel.reported[uid] = modseq
 }
 
 func (sel *selected) recent(uid uint32) bool { return uid >= sel.recentFrom }
@@ -201,6 +210,7 @@ func (s *session) poll(allowExpunge bool, gone ...uint32) error {
 		added    []uint32
 		changed  []storage.Message
 		vanished bool
+		applied  uint64
 	)
 	err := s.view(func(tx *storage.Tx) error {
 		var err error
@@ -212,7 +222,7 @@ func (s *session) poll(allowExpunge bool, gone ...uint32) error {
 		if err != nil {
 			return err
 		}
-		applied := tx.Applied()
+		applied = tx.Applied()
 		if allowExpunge {
 			exp, overflow := s.ev.takeExpunges(applied)
 			exp = append(exp, gone...)
@@ -272,7 +282,11 @@ func (s *session) poll(allowExpunge bool, gone ...uint32) error {
 		s.closeNow = true
 		return nil
 	}
-	sel.reported = nil
+	for uid, m := range sel.reported {
+		if m <= applied {
+			delete(sel.reported, uid)
+		}
+	}
 	if len(removed) > 0 {
 		seqs := sel.uids.remove(removed)
 		for i := len(seqs) - 1; i >= 0; i-- {

@@ -15,12 +15,16 @@ import (
 	"github.com/flotilla-mail/flotilla/storage"
 )
 
-// Cluster is what the server needs of a node: the local store for reads and
-// Propose for writes (which returns once this node has applied the write).
-// *cluster.Node implements it.
+// Cluster is what the server needs of a node: the local store for reads,
+// Propose for writes (which returns once this node has applied the write),
+// and ProposeCommitted with WaitApplied for writes whose answer needs no
+// state (it returns at commit; the session waits for the apply before it
+// next reads). *cluster.Node implements it.
 type Cluster interface {
 	Store() *storage.Store
 	Propose(ctx context.Context, c command.Command) (command.Response, uint64, error)
+	ProposeCommitted(ctx context.Context, c command.Command) (uint64, error)
+	WaitApplied(ctx context.Context, index uint64) error
 }
 
 // Defaults for the zero values of the Server's limits.

@@ -52,6 +52,10 @@ type session struct {
 	utf8      bool
 	rev2      bool
 
+	// pending is the log index of this session's last write answered at
+	// commit (a silent STORE); the next command that reads waits for it.
+	pending uint64
+
 	readTimeout  time.Duration
 	closeNow     bool // end the session after this command's response
 	badInARow    int

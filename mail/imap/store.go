@@ -182,6 +182,18 @@ func cmdStore(s *session, tag string, p *parser, uid bool) (string, string, erro
 		for _, r := range refs {
 			failed[r.uid] = true
 		}
+	} else if len(refs) > 0 && silent && !s.condstore {
+		// Nothing of the result is answered: the OK can go at commit.
+		idx, err := s.proposeBlind(&command.SetFlags{UserID: s.user.ID, MailboxID: sel.id, UIDs: refUIDs(refs),
+			Op: op, Flags: flags})
+		if err != nil {
+			return "", "", err
+		}
+		// MODSEQ is the log index of the change (storage.Tx.SetClock):
+		// the session is not told of its own change when it is applied.
+		for _, r := range refs {
+			sel.own(r.uid, idx)
+		}
 	} else if len(refs) > 0 {
 		resp, err := s.propose(&command.SetFlags{UserID: s.user.ID, MailboxID: sel.id, UIDs: refUIDs(refs),
 			Op: op, Flags: flags, UnchangedSince: unchangedSince})
@@ -198,7 +210,6 @@ func cmdStore(s *session, tag string, p *parser, uid bool) (string, string, erro
 	// Announce the result: FLAGS of each message (not for .SILENT), with
 	// MODSEQ under CONDSTORE (then also for .SILENT, for changed ones).
 	if !silent || s.condstore {
-		sel.reported = map[uint32]uint64{}
 		err := s.view(func(tx *storage.Tx) error {
 			for _, r := range refs {
 				if failed[r.uid] || (silent && !changed[r.uid]) {
@@ -212,7 +223,7 @@ func cmdStore(s *session, tag string, p *parser, uid bool) (string, string, erro
 					return err
 				}
 				if changed[r.uid] {
-					sel.reported[r.uid] = m.ModSeq
+					sel.own(r.uid, m.ModSeq)
 				}
 				s.out.raw("* ").num(r.seq).raw(" FETCH (")
 				if uid || s.condstore {

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flotilla-mail/flotilla/cluster"
+	"github.com/flotilla-mail/flotilla/cluster/clustertest"
 )
 
 // Two sessions on one mailbox: each learns of the other's changes at the
@@ -147,5 +150,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("%s: not within 10s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A silent STORE is answered at commit and applied later, many to a
+// transaction; the session still reads its own write, because the next
+// command waits for it. The node here applies nothing for an hour unless
+// someone waits, so a FETCH that did not wait would see the old flags.
+func TestIMAPSilentStoreIsReadBackBySameSession(t *testing.T) {
+	node := clustertest.New(t, func(c *cluster.Config) { c.ApplyWindow = time.Hour })
+	e := newEnvOn(t, node)
+	for i := 1; i <= 3; i++ {
+		e.deliver("INBOX", testMessage(i))
+	}
+	r := e.rawLogin()
+	r.ok("SELECT INBOX")
+
+	r.ok(`STORE 1 +FLAGS.SILENT (\Flagged)`)
+	if u := r.ok("FETCH 1 (FLAGS)"); !hasLine(u, `* 1 FETCH (FLAGS (\Flagged))`) {
+		t.Fatalf("FETCH after silent STORE: %q", u)
+	}
+
+	// Two in a row, then a STORE that answers FLAGS: it sees both.
+	r.ok(`STORE 2 +FLAGS.SILENT (\Seen)`)
+	r.ok(`STORE 2 +FLAGS.SILENT ($Tag)`)
+	if u := r.ok(`STORE 2 +FLAGS (\Answered)`); !hasLine(u, `* 2 FETCH (FLAGS ($Tag \Answered \Seen))`) {
+		t.Fatalf("STORE after silent STOREs: %q", u)
+	}
+
+	// The delete-then-expunge of every client.
+	r.ok(`STORE 3 +FLAGS.SILENT (\Deleted)`)
+	if u := r.ok("EXPUNGE"); len(u) != 1 || u[0] != "* 3 EXPUNGE" {
+		t.Fatalf("EXPUNGE after silent STORE: %q", u)
+	}
+
+	// Its own silent change is not announced to it; another session's
+	// later change to the same message is.
+	r.ok(`STORE 1 +FLAGS.SILENT ($Mine)`)
+	if u := r.ok("NOOP"); len(u) != 0 {
+		t.Fatalf("NOOP after own silent STORE: %q", u)
+	}
+	b := e.rawLogin()
+	b.ok("SELECT INBOX")
+	b.ok(`STORE 1 +FLAGS (\Seen)`)
+	if u := r.ok("NOOP"); len(u) != 1 || u[0] != `* 1 FETCH (UID 1 FLAGS ($Mine \Flagged \Seen))` {
+		t.Fatalf("NOOP after another session's STORE: %q", u)
+	}
+
+	// LOGOUT waits too, so a client that reconnects sees what it did.
+	r.ok(`STORE 1 FLAGS.SILENT ()`)
+	r.cmd("LOGOUT")
+	r2 := e.rawLogin()
+	r2.ok("SELECT INBOX")
+	if u := r2.ok("FETCH 1 (FLAGS)"); !hasLine(u, `* 1 FETCH (FLAGS ())`) {
+		t.Fatalf("FETCH in a new session after LOGOUT: %q", u)
 	}
 }
