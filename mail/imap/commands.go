@@ -111,9 +111,10 @@ func (s *session) dispatch(raw []byte) {
 		p.sp()
 	}
 	// STORE settles for itself: a silent one needs nothing read, any other
-	// waits for its own, later, write.
+	// waits for its own, later, write. LOGOUT waits too, so a client that
+	// reconnects at once sees its changes, but never fails for it.
 	if name != "STORE" {
-		if err := s.settle(); err != nil {
+		if err := s.settle(); err != nil && name != "LOGOUT" {
 			s.tagged(tag, err)
 			return
 		}
