@@ -46,6 +46,13 @@ func applyMailbox(tx *storage.Tx, cmd command.Command) (resp command.Response, o
 		var done []uint32
 		done, err = tx.Expunge(c.MailboxID, c.UIDs)
 		resp = command.Response{IDs: uids64(done)}
+	case *command.ExpungeDeleted:
+		if _, err = userMailbox(tx, c.UserID, c.MailboxID); err != nil {
+			return
+		}
+		var done []uint32
+		done, err = tx.ExpungeDeleted(c.MailboxID, c.UIDs)
+		resp = command.Response{IDs: uids64(done)}
 	case *command.Copy:
 		if _, err = userMailbox(tx, c.UserID, c.From); err != nil {
 			return

@@ -144,6 +144,29 @@ func (tx *Tx) moveModSeq(mailboxID, old uint64, uid uint32) error {
 	return idx.Put(append(u64(tx.seq), u32(uid)...), nil)
 }
 
+// ExpungeDeleted is Expunge of those of uids that are flagged \Deleted.
+func (tx *Tx) ExpungeDeleted(mailboxID uint64, uids []uint32) ([]uint32, error) {
+	msgs, err := tx.messages(mailboxID)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []uint32
+	for _, uid := range uids {
+		v := msgs.Get(u32(uid))
+		if v == nil || !mayHaveFlag(v, `\Deleted`) {
+			continue
+		}
+		var m Message
+		if err := m.unmarshal(v); err != nil {
+			return nil, err
+		}
+		if m.HasFlag(`\Deleted`) {
+			deleted = append(deleted, uid)
+		}
+	}
+	return tx.Expunge(mailboxID, deleted)
+}
+
 // Expunge removes messages from a mailbox and releases their bodies; it
 // returns the UIDs actually removed, in order.
 func (tx *Tx) Expunge(mailboxID uint64, uids []uint32) ([]uint32, error) {

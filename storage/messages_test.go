@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -109,6 +110,37 @@ func TestExpungeCopyMove(t *testing.T) {
 		a, _ := tx.MailboxByID(arch.ID)
 		if a.Messages != 2 || a.UIDNext != 3 {
 			t.Errorf("archive %+v", a)
+		}
+		return nil
+	})
+}
+
+// ExpungeDeleted removes only what is \Deleted when it runs, in any letter
+// case, and skips UIDs that are gone.
+func TestExpungeDeletedKeepsWhatIsNotDeleted(t *testing.T) {
+	s := openTest(t)
+	seed(t, s)
+	for i := uint64(0); i < 3; i++ {
+		deliver(t, s, 10+i, "alice@example.org", fmt.Sprint("body ", i))
+	}
+	_, mb := inbox(t, s, "alice@example.org")
+	write(t, s, 20, func(tx *Tx) error {
+		_, err := tx.SetFlags(mb.ID, []uint32{1}, FlagsAdd, []string{`\Deleted`}, 0)
+		if err == nil {
+			_, err = tx.SetFlags(mb.ID, []uint32{3}, FlagsAdd, []string{`\deleted`}, 0)
+		}
+		return err
+	})
+	write(t, s, 21, func(tx *Tx) error {
+		done, err := tx.ExpungeDeleted(mb.ID, []uint32{1, 2, 3, 99})
+		if !reflect.DeepEqual(done, []uint32{1, 3}) {
+			t.Errorf("expunged %v, want [1 3]", done)
+		}
+		return err
+	})
+	_ = s.View(func(tx *Tx) error {
+		if uids, _ := tx.UIDs(mb.ID); !reflect.DeepEqual(uids, []uint32{2}) {
+			t.Errorf("inbox uids %v, want [2]", uids)
 		}
 		return nil
 	})

@@ -129,7 +129,7 @@ func TestNewCommandKindWaitsForEveryVoter(t *testing.T) {
 	c.WaitVoters(c.WaitLeader(30*time.Second), 30*time.Second, "n1", "n2", "n3")
 	err := c.Nodes[0].API("POST", "/v1/debug/note", map[string]string{"Key": "c", "Text": "refused"}, nil)
 	var apiErr *harness.APIError
-	if !errors.As(err, &apiErr) || apiErr.Status != 412 || !strings.Contains(apiErr.Body, "node n3 understands 1") {
+	if !errors.As(err, &apiErr) || apiErr.Status != 412 || !strings.Contains(apiErr.Body, "node n3 understands 2") {
 		t.Fatalf("note with an old voter: %v", err)
 	}
 	// The old node never saw anything it could not apply.

@@ -43,6 +43,7 @@ const (
 	TypeSubscribe    Type = 19
 	TypePopLock      Type = 20
 	TypePopUnlock    Type = 21
+	TypeExpungeDel   Type = 28 // command version 2
 
 	// 22-40: outbound delivery and mail collection (queue.go).
 	TypeQueueClaim     Type = 22
@@ -95,6 +96,7 @@ var specs = map[Type]Spec{
 	TypeSubscribe:    {"subscribe", 1, false, func() Command { return &Subscribe{} }},
 	TypePopLock:      {"pop-lock", 1, false, func() Command { return &PopLock{} }},
 	TypePopUnlock:    {"pop-unlock", 1, false, func() Command { return &PopUnlock{} }},
+	TypeExpungeDel:   {"expunge-deleted", 2, false, func() Command { return &ExpungeDeleted{} }},
 
 	// outbound delivery and mail collection (queue.go)
 	TypeQueueClaim:     {"queue-claim", 1, false, func() Command { return &QueueClaim{} }},

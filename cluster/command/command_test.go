@@ -40,6 +40,7 @@ func samples() []Command {
 		&SetSetting{Key: "relay.mode", Value: []byte("local-users")},
 		&SetFlags{UserID: 7, MailboxID: 3, UIDs: []uint32{1, 5, 9}, Op: storage.FlagsAdd, Flags: []string{`\Seen`, "$Label1"}, UnchangedSince: 44},
 		&Expunge{UserID: 7, MailboxID: 3, UIDs: []uint32{2, 3}},
+		&ExpungeDeleted{UserID: 7, MailboxID: 3, UIDs: []uint32{2, 3, 10}},
 		&Copy{UserID: 7, From: 3, To: 4, UIDs: []uint32{1, 2}, Move: true},
 		&CreateMailbox{UserID: 7, Name: "Lists/Go", SpecialUse: `\Archive`},
 		&DeleteMailbox{UserID: 7, Name: "Old"},

@@ -85,6 +85,25 @@ func (c *Expunge) decode(f codec.Field) {
 	}
 }
 
+// ExpungeDeleted removes those of UIDs that are \Deleted when it is applied
+// (IMAP's EXPUNGE, UID EXPUNGE and CLOSE): a session that cleared the flag
+// just before keeps its message. The response lists the UIDs removed.
+// Expunge, which removes UIDs whatever their flags, serves POP3 and clusters
+// with a voter of command version 1.
+type ExpungeDeleted struct {
+	UserID    uint64
+	MailboxID uint64
+	UIDs      []uint32
+}
+
+func (*ExpungeDeleted) Type() Type { return TypeExpungeDel }
+func (c *ExpungeDeleted) encode(e *codec.Encoder) {
+	(*Expunge)(c).encode(e)
+}
+func (c *ExpungeDeleted) decode(f codec.Field) {
+	(*Expunge)(c).decode(f)
+}
+
 // Copy copies (or, with Move, moves) messages to another mailbox of the
 // user. The response's IDs are the new UIDs in the order of UIDs (0 where a
 // source message was gone).

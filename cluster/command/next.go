@@ -5,11 +5,11 @@ package command
 import "github.com/flotilla-mail/flotilla/storage/codec"
 
 // TypeNote exists only in builds with the flotilla_next tag: a command kind of
-// command version 2, which release builds do not know and may not skip.
+// command version 3, which release builds do not know and may not skip.
 const TypeNote Type = 1000
 
 func init() {
-	specs[TypeNote] = Spec{"note", 2, false, func() Command { return &Note{} }}
+	specs[TypeNote] = Spec{"note", 3, false, func() Command { return &Note{} }}
 }
 
 // Note stores a short text as a setting.

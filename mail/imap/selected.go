@@ -5,7 +5,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/flotilla-mail/flotilla/cluster/command"
 	"github.com/flotilla-mail/flotilla/storage"
 )
 
@@ -177,7 +176,7 @@ func cmdClose(s *session, tag string, p *parser, uid bool) (string, string, erro
 	}
 	uids = inMap(sel.uids, uids)
 	if len(uids) > 0 {
-		if _, err := s.propose(&command.Expunge{UserID: s.user.ID, MailboxID: sel.id, UIDs: uids}); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		if _, err := s.expungeDeleted(sel.id, uids); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return "", "", err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/flotilla-mail/flotilla/cluster"
 	"github.com/flotilla-mail/flotilla/cluster/command"
 	"github.com/flotilla-mail/flotilla/storage"
 )
@@ -74,11 +75,22 @@ func cmdExpunge(s *session, tag string, p *parser, uid bool) (string, string, er
 	if len(deleted) == 0 {
 		return "", "", nil
 	}
-	resp, err := s.propose(&command.Expunge{UserID: s.user.ID, MailboxID: sel.id, UIDs: deleted})
+	resp, err := s.expungeDeleted(sel.id, deleted)
 	if err != nil {
 		return "", "", err
 	}
 	return "", "", s.poll(true, u32s(resp.IDs)...)
+}
+
+// expungeDeleted removes those of uids that are still \Deleted when the
+// change is applied. While a voter knows only command version 1, it removes
+// uids as the session saw them flagged.
+func (s *session) expungeDeleted(mailboxID uint64, uids []uint32) (command.Response, error) {
+	resp, err := s.propose(&command.ExpungeDeleted{UserID: s.user.ID, MailboxID: mailboxID, UIDs: uids})
+	if errors.Is(err, cluster.ErrNotSupported) {
+		resp, err = s.propose(&command.Expunge{UserID: s.user.ID, MailboxID: mailboxID, UIDs: uids})
+	}
+	return resp, err
 }
 
 func u32s(ids []uint64) []uint32 {

@@ -2,6 +2,7 @@ package imap
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/flotilla-mail/flotilla/cluster"
 	"github.com/flotilla-mail/flotilla/cluster/clustertest"
+	"github.com/flotilla-mail/flotilla/cluster/command"
+	"github.com/flotilla-mail/flotilla/storage"
 )
 
 // Two sessions on one mailbox: each learns of the other's changes at the
@@ -204,5 +207,67 @@ func TestIMAPSilentStoreIsReadBackBySameSession(t *testing.T) {
 	r2.ok("SELECT INBOX")
 	if u := r2.ok("FETCH 1 (FLAGS)"); !hasLine(u, `* 1 FETCH (FLAGS ())`) {
 		t.Fatalf("FETCH in a new session after LOGOUT: %q", u)
+	}
+}
+
+// racingCluster is a real node whose Propose first runs, for an expunge,
+// what another session did between this session's read and its write; or
+// refuses expunge-deleted as a cluster with a command-version-1 voter does.
+type racingCluster struct {
+	*cluster.Node
+	before func()
+	old    bool
+}
+
+func (c *racingCluster) Propose(ctx context.Context, cmd command.Command) (command.Response, uint64, error) {
+	switch cmd.(type) {
+	case *command.ExpungeDeleted:
+		if c.old {
+			return command.Response{}, 0, fmt.Errorf("%w: expunge-deleted needs command version 2", cluster.ErrNotSupported)
+		}
+		c.before()
+	case *command.Expunge:
+		c.before()
+	}
+	return c.Node.Propose(ctx, cmd)
+}
+
+// EXPUNGE removes what is \Deleted when it takes effect: a message another
+// session undeleted after this one read the flags stays. With a voter that
+// knows only command version 1, EXPUNGE still works, the old way.
+func TestIMAPExpungeKeepsWhatWasUndeletedMeanwhile(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("version1voter=%v", old), func(t *testing.T) {
+			node := clustertest.New(t)
+			rc := &racingCluster{Node: node, old: old, before: func() {}}
+			e := newEnvOn(t, node, func(s *Server) { s.Cluster = rc })
+			for i := 1; i <= 3; i++ {
+				e.deliver("INBOX", testMessage(i))
+			}
+			r := e.rawLogin()
+			r.ok("SELECT INBOX")
+			r.ok(`STORE 1:2 +FLAGS.SILENT (\Deleted)`)
+			var mb storage.Mailbox
+			if err := node.Store().View(func(tx *storage.Tx) error {
+				var err error
+				mb, err = tx.Mailbox(e.user.ID, "INBOX")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			rc.before = func() {
+				rc.before = func() {}
+				clustertest.Propose(t, node, &command.SetFlags{UserID: e.user.ID, MailboxID: mb.ID, UIDs: []uint32{1},
+					Op: storage.FlagsRemove, Flags: []string{`\Deleted`}})
+			}
+			u := r.ok("EXPUNGE")
+			want := "* 2 EXPUNGE|* 1 FETCH (UID 1 FLAGS ())" // and told of the undelete
+			if old {
+				want = "* 2 EXPUNGE|* 1 EXPUNGE" // the race the new command closes
+			}
+			if got := strings.Join(u, "|"); got != want {
+				t.Fatalf("EXPUNGE: %q, want %q", got, want)
+			}
+		})
 	}
 }
