@@ -110,10 +110,11 @@ func (s *session) dispatch(raw []byte) {
 	if !p.atEnd() {
 		p.sp()
 	}
-	// STORE settles for itself: a silent one needs nothing read, any other
-	// waits for its own, later, write. LOGOUT waits too, so a client that
-	// reconnects at once sees its changes, but never fails for it.
-	if name != "STORE" {
+	// STORE and EXPUNGE settle for themselves: a silent STORE needs
+	// nothing read, and the others wait for their own, later, write.
+	// LOGOUT waits too, so a client that reconnects at once sees its
+	// changes, but never fails for it.
+	if name != "STORE" && name != "EXPUNGE" {
 		if err := s.settle(); err != nil && name != "LOGOUT" {
 			s.tagged(tag, err)
 			return

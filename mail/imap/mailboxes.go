@@ -33,8 +33,12 @@ func (s *session) propose(c command.Command) (command.Response, error) {
 	if idx > 0 {
 		ctx, cancel := context.WithTimeout(s.ctx, applyWait)
 		defer cancel()
-		if werr := s.srv.waitApplied(ctx, idx); werr != nil && err == nil {
+		werr := s.srv.waitApplied(ctx, idx)
+		if werr != nil && err == nil {
 			err = werr
+		}
+		if werr == nil && idx >= s.pending {
+			s.settled() // the blind writes came before this one
 		}
 	}
 	return resp, err
@@ -70,8 +74,13 @@ func (s *session) settle() error {
 	if err != nil {
 		return &Error{Status: "NO", Code: "UNAVAILABLE", Text: "your last change is saved but not yet readable here: try again", Err: err}
 	}
-	s.pending = 0
+	s.settled()
 	return nil
+}
+
+// settled forgets the blind writes once this node has applied them.
+func (s *session) settled() {
+	s.pending, s.blind = 0, nil
 }
 
 func cmdNamespace(s *session, tag string, p *parser, uid bool) (string, string, error) {

@@ -54,7 +54,9 @@ type session struct {
 
 	// pending is the log index of this session's last write answered at
 	// commit (a silent STORE); the next command that reads waits for it.
+	// blind holds the UIDs (of the selected mailbox) those writes touched.
 	pending uint64
+	blind   map[uint32]bool
 
 	readTimeout  time.Duration
 	closeNow     bool // end the session after this command's response

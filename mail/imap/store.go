@@ -2,6 +2,7 @@ package imap
 
 import (
 	"errors"
+	"sort"
 	"strings"
 
 	"github.com/flotilla-mail/flotilla/cluster"
@@ -46,36 +47,66 @@ func cmdExpunge(s *session, tag string, p *parser, uid bool) (string, string, er
 	if sel.readOnly {
 		return "", "", errReadOnly
 	}
-	var deleted []uint32
-	if err := s.view(func(tx *storage.Tx) error {
-		var err error
-		deleted, err = tx.UIDsWithFlag(sel.id, `\Deleted`)
-		return err
-	}); err != nil {
-		return "", "", err
-	}
-	deleted = inMap(sel.uids, deleted)
+	var want map[uint32]bool // UID EXPUNGE's set
 	if uid {
 		refs, err := s.refs(set, true)
 		if err != nil {
 			return "", "", err
 		}
-		want := map[uint32]bool{}
+		want = map[uint32]bool{}
 		for _, r := range refs {
 			want[r.uid] = true
 		}
-		out := deleted[:0]
-		for _, u := range deleted {
-			if want[u] {
+	}
+	// candidates are the \Deleted messages of the session's view, and with
+	// blind those its silent STOREs touched, which this node may not have
+	// applied yet: expunge-deleted, after them in the log, removes only
+	// what is \Deleted then, so the session need not wait for them.
+	candidates := func(blind bool) ([]uint32, error) {
+		var out []uint32
+		if err := s.view(func(tx *storage.Tx) error {
+			var err error
+			out, err = tx.UIDsWithFlag(sel.id, `\Deleted`)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		if blind && len(s.blind) > 0 {
+			for u := range s.blind {
 				out = append(out, u)
 			}
+			sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+			out = dedupe(out)
 		}
-		deleted = out
+		out = inMap(sel.uids, out)
+		if want != nil {
+			kept := out[:0]
+			for _, u := range out {
+				if want[u] {
+					kept = append(kept, u)
+				}
+			}
+			out = kept
+		}
+		return out, nil
 	}
-	if len(deleted) == 0 {
-		return "", "", nil
+	deleted, err := candidates(true)
+	if err != nil || len(deleted) == 0 {
+		return "", "", err
 	}
-	resp, err := s.expungeDeleted(sel.id, deleted)
+	resp, err := s.propose(&command.ExpungeDeleted{UserID: s.user.ID, MailboxID: sel.id, UIDs: deleted})
+	if errors.Is(err, cluster.ErrNotSupported) {
+		// A voter of command version 1: expunge removes what it is given,
+		// so only what this node holds \Deleted, after the session's own
+		// writes.
+		if err := s.settle(); err != nil {
+			return "", "", err
+		}
+		if deleted, err = candidates(false); err != nil || len(deleted) == 0 {
+			return "", "", err
+		}
+		resp, err = s.propose(&command.Expunge{UserID: s.user.ID, MailboxID: sel.id, UIDs: deleted})
+	}
 	if err != nil {
 		return "", "", err
 	}
@@ -203,8 +234,12 @@ func cmdStore(s *session, tag string, p *parser, uid bool) (string, string, erro
 		}
 		// MODSEQ is the log index of the change (storage.Tx.SetClock):
 		// the session is not told of its own change when it is applied.
+		if s.blind == nil {
+			s.blind = map[uint32]bool{}
+		}
 		for _, r := range refs {
 			sel.own(r.uid, idx)
+			s.blind[r.uid] = true
 		}
 	} else if len(refs) > 0 {
 		resp, err := s.propose(&command.SetFlags{UserID: s.user.ID, MailboxID: sel.id, UIDs: refUIDs(refs),
