@@ -34,6 +34,10 @@ func refUIDs(refs []msgRef) []uint32 {
 	return out
 }
 
+// maxBlindCandidates bounds the UIDs of unapplied silent STOREs an EXPUNGE
+// names (after a STORE to a whole mailbox it waits for the apply instead).
+const maxBlindCandidates = 1024
+
 func cmdExpunge(s *session, tag string, p *parser, uid bool) (string, string, error) {
 	var set numSet
 	if uid {
@@ -90,7 +94,13 @@ func cmdExpunge(s *session, tag string, p *parser, uid bool) (string, string, er
 		}
 		return out, nil
 	}
-	deleted, err := candidates(true)
+	blind := len(s.blind) <= maxBlindCandidates
+	if !blind {
+		if err := s.settle(); err != nil {
+			return "", "", err
+		}
+	}
+	deleted, err := candidates(blind)
 	if err != nil || len(deleted) == 0 {
 		return "", "", err
 	}

@@ -274,3 +274,21 @@ func TestIMAPExpungeKeepsWhatWasUndeletedMeanwhile(t *testing.T) {
 		})
 	}
 }
+
+// After a silent STORE to more messages than EXPUNGE names unapplied, it
+// waits for the apply instead, and still expunges them all.
+func TestIMAPExpungeAfterSilentStoreToManyMessages(t *testing.T) {
+	node := clustertest.New(t, func(c *cluster.Config) { c.ApplyWindow = time.Hour })
+	e := newEnvOn(t, node)
+	n := maxBlindCandidates + 10
+	for i := 1; i <= n; i++ {
+		e.deliver("INBOX", testMessage(i))
+	}
+	r := e.rawLogin()
+	r.ok("SELECT INBOX")
+	r.ok(`STORE 1:* +FLAGS.SILENT (\Deleted)`)
+	u := r.ok("EXPUNGE")
+	if len(u) != n || u[0] != fmt.Sprintf("* %d EXPUNGE", n) {
+		t.Fatalf("EXPUNGE: %d lines (%.60q); want %d, from * %d EXPUNGE down", len(u), u, n, n)
+	}
+}
