@@ -28,6 +28,15 @@ func uids64(u []uint32) []uint64 {
 	return out
 }
 
+// applyExpunge removes messages of one of the user's mailboxes with remove.
+func applyExpunge(tx *storage.Tx, c *command.Expunge, remove func(mailboxID uint64, uids []uint32) ([]uint32, error)) (command.Response, error) {
+	if _, err := userMailbox(tx, c.UserID, c.MailboxID); err != nil {
+		return command.Response{}, err
+	}
+	done, err := remove(c.MailboxID, c.UIDs)
+	return command.Response{IDs: uids64(done)}, err
+}
+
 // applyMailbox applies the mailbox commands; ok is false for other types.
 func applyMailbox(tx *storage.Tx, cmd command.Command) (resp command.Response, ok bool, err error) {
 	ok = true
@@ -40,19 +49,9 @@ func applyMailbox(tx *storage.Tx, cmd command.Command) (resp command.Response, o
 		r, err = tx.SetFlags(c.MailboxID, c.UIDs, c.Op, c.Flags, c.UnchangedSince)
 		resp = command.Response{IDs: uids64(r.Changed), Failed: uids64(r.Failed)}
 	case *command.Expunge:
-		if _, err = userMailbox(tx, c.UserID, c.MailboxID); err != nil {
-			return
-		}
-		var done []uint32
-		done, err = tx.Expunge(c.MailboxID, c.UIDs)
-		resp = command.Response{IDs: uids64(done)}
+		resp, err = applyExpunge(tx, c, tx.Expunge)
 	case *command.ExpungeDeleted:
-		if _, err = userMailbox(tx, c.UserID, c.MailboxID); err != nil {
-			return
-		}
-		var done []uint32
-		done, err = tx.ExpungeDeleted(c.MailboxID, c.UIDs)
-		resp = command.Response{IDs: uids64(done)}
+		resp, err = applyExpunge(tx, (*command.Expunge)(c), tx.ExpungeDeleted)
 	case *command.Copy:
 		if _, err = userMailbox(tx, c.UserID, c.From); err != nil {
 			return

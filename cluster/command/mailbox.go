@@ -90,11 +90,7 @@ func (c *Expunge) decode(f codec.Field) {
 // just before keeps its message. The response lists the UIDs removed.
 // Expunge, which removes UIDs whatever their flags, serves POP3 and clusters
 // with a voter of command version 1.
-type ExpungeDeleted struct {
-	UserID    uint64
-	MailboxID uint64
-	UIDs      []uint32
-}
+type ExpungeDeleted Expunge
 
 func (*ExpungeDeleted) Type() Type { return TypeExpungeDel }
 func (c *ExpungeDeleted) encode(e *codec.Encoder) {

@@ -166,21 +166,28 @@ func cmdClose(s *session, tag string, p *parser, uid bool) (string, string, erro
 	if sel.readOnly {
 		return "", "", nil
 	}
-	var uids []uint32
-	if err := s.view(func(tx *storage.Tx) error {
-		var err error
-		uids, err = tx.UIDsWithFlag(sel.id, `\Deleted`)
-		return err
-	}); err != nil {
+	uids, err := s.deletedInView(sel)
+	if err != nil {
 		return "", "", err
 	}
-	uids = inMap(sel.uids, uids)
 	if len(uids) > 0 {
 		if _, err := s.expungeDeleted(sel.id, uids); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return "", "", err
 		}
 	}
 	return "", "", nil
+}
+
+// deletedInView returns the UIDs of sel's view that this node holds
+// \Deleted, ascending.
+func (s *session) deletedInView(sel *selected) ([]uint32, error) {
+	var uids []uint32
+	err := s.view(func(tx *storage.Tx) error {
+		var err error
+		uids, err = tx.UIDsWithFlag(sel.id, `\Deleted`)
+		return err
+	})
+	return inMap(sel.uids, uids), err
 }
 
 // inMap keeps the UIDs the session's view holds.

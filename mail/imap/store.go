@@ -67,22 +67,19 @@ func cmdExpunge(s *session, tag string, p *parser, uid bool) (string, string, er
 	// applied yet: expunge-deleted, after them in the log, removes only
 	// what is \Deleted then, so the session need not wait for them.
 	candidates := func(blind bool) ([]uint32, error) {
-		var out []uint32
-		if err := s.view(func(tx *storage.Tx) error {
-			var err error
-			out, err = tx.UIDsWithFlag(sel.id, `\Deleted`)
-			return err
-		}); err != nil {
+		out, err := s.deletedInView(sel)
+		if err != nil {
 			return nil, err
 		}
 		if blind && len(s.blind) > 0 {
 			for u := range s.blind {
-				out = append(out, u)
+				if sel.uids.seq(u) != 0 {
+					out = append(out, u)
+				}
 			}
 			sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 			out = dedupe(out)
 		}
-		out = inMap(sel.uids, out)
 		if want != nil {
 			kept := out[:0]
 			for _, u := range out {
