@@ -146,6 +146,7 @@ func FuzzSession(f *testing.F) {
 		"A8 IDLE\r\nDONE\r\n", "A9 LOGIN {3}\r\n", "B1 SELECT INBOX (CONDSTORE)\r\nB2 FETCH 1 (MODSEQ) (CHANGEDSINCE 1)\r\n",
 		"B3 MOVE 1 Trash\r\n", "B4 GETQUOTAROOT INBOX\r\nB5 ID NIL\r\nB6 NAMESPACE\r\n", "\r\n\r\n* * *\r\n",
 		"B7 LIST (SUBSCRIBED) \"\" * RETURN (STATUS (MESSAGES))\r\n", "B8 ENABLE IMAP4rev2 CONDSTORE\r\nB9 SEARCH RETURN (SAVE) ALL\r\nC1 FETCH $ UID\r\n",
+		"C2 STORE 1:* +FLAGS.SILENT (\\Deleted)\r\nC3 UID EXPUNGE 1:2\r\nC4 STORE 2 -FLAGS.SILENT (\\Deleted)\r\nC5 CLOSE\r\n",
 	} {
 		f.Add([]byte(s))
 	}
