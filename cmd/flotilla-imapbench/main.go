@@ -44,6 +44,7 @@ var (
 	big      = flag.Int("big", 100_000, "messages in the big mailbox (0: skip that test)")
 	bigF     = flag.Bool("big-follower", false, "also load and measure the big mailbox on the three-node cluster (slow: every message is a replicated commit)")
 	only     = flag.String("only", "", "run only these targets (comma-separated: dovecot,flotilla-1,flotilla-3f)")
+	opsF     = flag.String("ops", "", "run only these commands (comma-separated, as in the report: STORE,FETCH body); EXPUNGE needs APPEND")
 	verbose  = flag.Bool("v", false, "log progress")
 )
 
@@ -64,6 +65,19 @@ type target struct {
 
 func main() {
 	flag.Parse()
+	if *opsF != "" {
+		var chosen []string
+		for _, op := range ops {
+			if strings.Contains(","+strings.ToUpper(*opsF)+",", ","+op+",") {
+				chosen = append(chosen, op)
+			}
+		}
+		if len(chosen) == 0 {
+			fmt.Fprintf(os.Stderr, "-ops %q names none of %s\n", *opsF, strings.Join(ops, ", "))
+			os.Exit(2)
+		}
+		ops = chosen
+	}
 	r := &runner{name: "imapbench"}
 	defer r.finish()
 	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
@@ -432,19 +446,36 @@ func startFlotilla(r *runner, nodes int) *target {
 			}
 		}
 	}
+	// profile saves the serving node's CPU profile to path.<target>; with
+	// IMAPBENCH_PROFILE_ALL set, every node's too, to path.<target>.<node>.
 	t.profile = func(path string, d time.Duration) {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", serve.Addr(harness.HTTPPort), max(1, int(d.Seconds()))), nil)
-		req.Header.Set("Authorization", "Bearer "+c.Token)
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			r.Logf("profile: %v", err)
-			return
+		var wg sync.WaitGroup
+		for _, n := range c.Nodes {
+			out := path + "." + name
+			if n != serve {
+				if os.Getenv("IMAPBENCH_PROFILE_ALL") == "" {
+					continue
+				}
+				out += "." + n.ID
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", n.Addr(harness.HTTPPort), max(1, int(d.Seconds()))), nil)
+				req.Header.Set("Authorization", "Bearer "+c.Token)
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					r.Logf("profile: %v", err)
+					return
+				}
+				defer res.Body.Close()
+				b, _ := io.ReadAll(res.Body)
+				if err := os.WriteFile(out, b, 0o644); err != nil {
+					r.Logf("profile: %v", err)
+				}
+			}()
 		}
-		defer res.Body.Close()
-		b, _ := io.ReadAll(res.Body)
-		if err := os.WriteFile(path+"."+name, b, 0o644); err != nil {
-			r.Logf("profile: %v", err)
-		}
+		wg.Wait()
 	}
 	// The users are there on the serving node once a login works.
 	harness.Eventually(r, 30*time.Second, "login on "+serve.ID, func() error {
