@@ -17,7 +17,11 @@ import (
 // handshake, the client's first byte says which.
 const (
 	protoRaft byte = 'R' // hashicorp/raft's transport
-	protoRPC  byte = 'H' // HTTP: forwarding, blob fetch, status, digests
+	protoRPC  byte = 'H' // HTTP: big forwarded writes, blob fetch, status, digests
+	// protoForward: forwarded writes, many in flight (forward.go). Nodes
+	// before it close such connections, which their followers take as
+	// "use HTTP".
+	protoForward byte = 'F'
 )
 
 // mux accepts cluster connections and routes them by their first byte.
@@ -28,6 +32,7 @@ type mux struct {
 	log    *slog.Logger
 	raft   *chanListener
 	rpc    *chanListener
+	fwd    *chanListener
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
@@ -36,6 +41,7 @@ func newMux(ln net.Listener, t *clusterTLS, local net.IP, advertise net.Addr, lo
 	m := &mux{ln: ln, tls: t, local: local, log: log, closed: make(chan struct{})}
 	m.raft = newChanListener(advertise, m.closed)
 	m.rpc = newChanListener(advertise, m.closed)
+	m.fwd = newChanListener(advertise, m.closed)
 	return m
 }
 
@@ -84,6 +90,8 @@ func (m *mux) route(conn net.Conn) {
 		l = m.raft
 	case protoRPC:
 		l = m.rpc
+	case protoForward:
+		l = m.fwd
 	default:
 		m.log.Warn("refused cluster connection: unknown protocol byte", "peer", conn.RemoteAddr().String(), "byte", b[0])
 		conn.Close()

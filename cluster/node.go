@@ -147,6 +147,8 @@ type Node struct {
 	members  *membership
 	rpc      *http.Server
 	client   *http.Client
+	streams  *streams       // forwarding streams to leaders
+	fwd      *forwardServer // and theirs to this node
 
 	started time.Time
 	// readyTerm is the term in which this node, as leader, has applied a
@@ -291,6 +293,10 @@ func (n *Node) Start(ctx context.Context) error {
 		MaxIdleConnsPerHost: 32,
 		IdleConnTimeout:     time.Minute,
 	}}
+	n.streams = newStreams(func(ctx context.Context, addr string) (net.Conn, error) {
+		return n.mux.dial(ctx, addr, protoForward)
+	})
+	n.fwd = newForwardServer(n.answerForward)
 	n.rpc = &http.Server{Handler: n.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
 
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -325,7 +331,7 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	// Peers are served only now that Raft and membership exist: a request
 	// arriving earlier would find them missing.
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() {
 		defer n.wg.Done()
 		n.mux.serve()
@@ -333,6 +339,10 @@ func (n *Node) Start(ctx context.Context) error {
 	go func() {
 		defer n.wg.Done()
 		_ = n.rpc.Serve(n.mux.rpc)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.fwd.serve(n.mux.fwd)
 	}()
 	n.wg.Add(5)
 	go func() { defer n.wg.Done(); n.commits.run(bg) }()
@@ -368,6 +378,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			_ = n.rpc.Shutdown(sctx)
 			cancel()
+		}
+		if n.streams != nil {
+			n.streams.close()
+		}
+		if n.fwd != nil {
+			n.mux.fwd.Close()
+			n.fwd.close()
 		}
 		if n.trans != nil {
 			_ = n.trans.Close()

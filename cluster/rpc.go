@@ -19,7 +19,9 @@ import (
 )
 
 // Node-to-node RPC is plain HTTP over the cluster port's mutual TLS: small,
-// debuggable, with connection reuse from net/http.
+// debuggable, with connection reuse from net/http. Forwarded writes, the one
+// RPC on the hot path, have their own stream (forward.go); only big ones and
+// those to older leaders come here.
 
 func (n *Node) rpcHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -84,10 +86,47 @@ func applyStatus(err error) int {
 	return http.StatusServiceUnavailable
 }
 
-// forward sends an entry to the leader. A lost reply is retried by the
-// caller with the same entry, which the state machine deduplicates. sent
-// says whether the leader may have appended the entry.
+// forward sends an entry to the leader: on the forwarding stream, or over
+// HTTP if it is big or the leader too old for the stream. A lost reply is
+// retried by the caller with the same entry, which the state machine
+// deduplicates. sent says whether the leader may have appended the entry.
 func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool) (idx uint64, resp command.Response, sent bool, err error) {
+	if len(entry) > maxStreamEntry {
+		return n.forwardHTTP(ctx, leader, entry, commitOnly)
+	}
+	st, err := n.streams.get(ctx, leader)
+	if errors.Is(err, errNoStream) {
+		return n.forwardHTTP(ctx, leader, entry, commitOnly)
+	}
+	if err != nil {
+		return 0, resp, false, err
+	}
+	var flags byte
+	if commitOnly {
+		flags = fwdCommitOnly
+	}
+	res, sent, err := st.call(ctx, entry, flags)
+	if err != nil {
+		return 0, resp, sent, fmt.Errorf("leader %s: %w", leader, err)
+	}
+	switch res.status {
+	case fwdOK:
+	case fwdNotSent:
+		return 0, resp, false, fmt.Errorf("leader %s: %s", leader, res.body)
+	default:
+		return 0, resp, true, fmt.Errorf("leader %s: %s", leader, res.body)
+	}
+	if commitOnly {
+		n.fsm.hint(res.index, res.term)
+		return res.index, resp, true, nil
+	}
+	resp, err = command.UnmarshalResponse(res.body)
+	return res.index, resp, true, err
+}
+
+// forwardHTTP is forward over HTTP, one request per entry.
+func (n *Node) forwardHTTP(ctx context.Context, leader string, entry []byte, commitOnly bool) (idx uint64, resp command.Response, sent bool, err error) {
+	n.metrics.forwardedHTTP.Inc()
 	url := "https://" + leader + "/internal/apply"
 	if commitOnly {
 		url += "?commit=1"

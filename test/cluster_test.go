@@ -105,6 +105,10 @@ func TestFollowerWriteReachesEveryNode(t *testing.T) {
 	if hinted := metricValue(string(raw), "flotilla_fsm_hinted_entries_total"); hinted < 1 {
 		t.Errorf("20 writes through %s, none applied from the leader's answer (flotilla_fsm_hinted_entries_total %v)", f.ID, hinted)
 	}
+	// They went on the forwarding stream, not one HTTP request each.
+	if fw, viaHTTP := metricValue(string(raw), "flotilla_forwarded_writes_total"), metricValue(string(raw), "flotilla_forwarded_http_total"); fw < 21 || viaHTTP != 0 {
+		t.Errorf("%s forwarded %v writes, %v of them over HTTP; want 21 or more, none over HTTP", f.ID, fw, viaHTTP)
+	}
 	waitDomain(t, c, "hint19.example.org")
 	verifyClean(t, f, 3)
 }

@@ -2,6 +2,8 @@ package test
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -159,6 +161,56 @@ func TestSMTPAcknowledgedSurvivesKill(t *testing.T) {
 		t.Errorf("stored:\n%s", got)
 	}
 	verifyClean(t, accepting, 3)
+}
+
+// TestSMTPBigMessageThroughFollower: a message too big for the forwarding
+// stream (its entry is over 1 MiB even compressed) goes to the leader over
+// HTTP and arrives byte-identical on every node; the small one after it
+// takes the stream again.
+func TestSMTPBigMessageThroughFollower(t *testing.T) {
+	c, leader := smtpCluster(t)
+	f := c.Followers(leader)[0]
+	noise := make([]byte, 3<<20)
+	_, _ = rand.Read(noise)
+	var body strings.Builder
+	body.WriteString("From: someone <someone@remote.test>\r\nTo: alice@example.org\r\nSubject: big\r\n\r\n")
+	enc := base64.StdEncoding.EncodeToString(noise)
+	for len(enc) > 76 {
+		body.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	body.WriteString(enc + "\r\n")
+	send := func(msg string) {
+		t.Helper()
+		cl := smtpDial(t, f.Addr(harness.SMTPPort), false)
+		cl.must("EHLO client.test", 250)
+		cl.must("MAIL FROM:<someone@remote.test>", 250)
+		cl.must("RCPT TO:<alice@example.org>", 250)
+		if code, text := cl.data(msg); code != 250 {
+			t.Fatalf("DATA: %d %s", code, text)
+		}
+	}
+	viaHTTP := func() float64 {
+		t.Helper()
+		raw, err := f.Raw("GET", "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return metricValue(string(raw), "flotilla_forwarded_http_total")
+	}
+	send(body.String())
+	if got := sameEverywhere(t, c, "alice@example.org", 1); !bytes.HasSuffix(got, []byte(body.String())) {
+		t.Fatalf("stored %d octets, not the %d sent", len(got), body.Len())
+	}
+	big := viaHTTP()
+	if big < 1 {
+		t.Fatalf("%s sent the big message's entry not over HTTP (flotilla_forwarded_http_total %v)", f.ID, big)
+	}
+	send(smtpMsg("small"))
+	sameEverywhere(t, c, "alice@example.org", 2)
+	if after := viaHTTP(); after != big {
+		t.Errorf("the small message went over HTTP too (flotilla_forwarded_http_total %v, then %v)", big, after)
+	}
 }
 
 // TestSMTPLeaderlessRefusesWith451: with two of three nodes gone, the third
