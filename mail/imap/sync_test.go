@@ -292,3 +292,50 @@ func TestIMAPExpungeAfterSilentStoreToManyMessages(t *testing.T) {
 		t.Fatalf("EXPUNGE: %d lines (%.60q); want %d, from * %d EXPUNGE down", len(u), u, n, n)
 	}
 }
+
+// A silent STORE is answered at commit, before this node applies it, and
+// without first catching up with other sessions' changes. If another
+// session deleted the mailbox meanwhile, the STORE finds nothing to change
+// (OK: the flags of a gone message are moot), and the session ends with
+// BYE as for any deleted selected mailbox. The server and the user's other
+// mailboxes carry on untouched.
+func TestIMAPSilentStoreIntoMailboxDeletedMeanwhile(t *testing.T) {
+	e := newEnv(t)
+	e.deliver("INBOX", testMessage(1))
+	a, b := e.rawLogin(), e.rawLogin()
+	a.ok("CREATE Doomed")
+	a.ok("SELECT INBOX")
+	a.ok("COPY 1 Doomed")
+	b.ok("SELECT Doomed")
+	a.ok("DELETE Doomed")
+	// The session hears of the deletion with the STORE's answer (as it
+	// polls after a write) or at its next command at the latest.
+	u, tagged := b.cmd("STORE 1 +FLAGS.SILENT (\\Flagged)")
+	if !strings.Contains(tagged, " OK") && !strings.Contains(tagged, " NO") {
+		t.Fatalf("silent STORE: %s", tagged)
+	}
+	bye := hasLine(u, "* BYE")
+	if !bye {
+		b.send("N1 NOOP\r\n")
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			if l := b.line(); strings.HasPrefix(l, "* BYE") {
+				bye = true
+				break
+			}
+		}
+	}
+	if !bye {
+		t.Fatal("no BYE after a silent STORE into a deleted mailbox")
+	}
+	// INBOX's copy is as it was, and a new session works.
+	c := e.rawLogin()
+	if u := c.ok("SELECT INBOX"); !hasLine(u, "* 1 EXISTS") {
+		t.Fatalf("INBOX after: %q", u)
+	}
+	if u := c.ok("FETCH 1 (FLAGS)"); !hasLine(u, "* 1 FETCH (FLAGS ())") {
+		t.Fatalf("INBOX flags after: %q", u)
+	}
+	if u := c.ok("LIST \"\" Doomed"); len(u) != 0 {
+		t.Fatalf("Doomed still listed: %q", u)
+	}
+}
