@@ -445,7 +445,7 @@ func (n *Node) answerForward(ctx context.Context, entry []byte, flags byte) fwdR
 	}
 	fail := func(err error) fwdResult {
 		st := fwdMaybe
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+		if notAppended(err) {
 			st = fwdNotSent
 		}
 		return fwdResult{status: st, body: []byte(err.Error())}

@@ -565,7 +565,7 @@ func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (u
 			} else {
 				idx, resp, err = n.applyAsLeader(actx, entry)
 			}
-			sent = err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrEnqueueTimeout)
+			sent = err != nil && !notAppended(err)
 		} else if addr, _ := n.raft.LeaderWithID(); addr != "" {
 			leaderless = time.Time{}
 			idx, resp, sent, err = n.forwardWatching(actx, string(addr), entry, commitOnly)

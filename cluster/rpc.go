@@ -76,11 +76,18 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(resp.Marshal())
 }
 
+// notAppended reports whether a leader's failure to append an entry means
+// it certainly did not: it was no longer the leader, or could not queue it.
+// Any other failure may come after the entry reached the log.
+func notAppended(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout)
+}
+
 // applyStatus tells the forwarder whether the entry may have been appended:
 // 421 certainly not (this node was not the leader, or could not queue it),
 // 503 perhaps.
 func applyStatus(err error) int {
-	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrEnqueueTimeout) {
+	if notAppended(err) {
 		return http.StatusMisdirectedRequest
 	}
 	return http.StatusServiceUnavailable
