@@ -85,9 +85,15 @@ func (t *commitTracker) eachWaited(logs []*raft.Log, fn func(*raft.Log, *commitW
 }
 
 // stored is called after this node's log store has written logs durably.
-func (t *commitTracker) stored(logs []*raft.Log) {
+// Entries of term proven (0: none) are known committed by that (see
+// provenTerm) and answered at once.
+func (t *commitTracker) stored(logs []*raft.Log, proven uint64) {
 	found := false
-	t.eachWaited(logs, func(l *raft.Log, w *commitWaiter, _ storage.RequestID) {
+	t.eachWaited(logs, func(l *raft.Log, w *commitWaiter, req storage.RequestID) {
+		if proven != 0 && l.Term == proven {
+			t.answer(req, w, position{l.Index, l.Term})
+			return
+		}
 		w.index, w.term = l.Index, l.Term
 		found = true
 	})
@@ -175,6 +181,7 @@ func (t *commitTracker) check() bool {
 type trackingLogStore struct {
 	raft.LogStore
 	t       *commitTracker
+	self    raft.ServerID
 	fsm     *fsm
 	metrics *metrics
 }
@@ -182,6 +189,10 @@ type trackingLogStore struct {
 func (s trackingLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
+	var proven uint64
+	if s.t.count.Load() > 0 {
+		proven = provenTerm(s.t.raft(), s.self, logs)
+	}
 	start := time.Now()
 	if err := s.LogStore.StoreLogs(logs); err != nil {
 		return err
@@ -190,7 +201,7 @@ func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
 		s.metrics.logStore.Observe(time.Since(start).Seconds())
 		s.metrics.logBatch.Observe(float64(len(logs)))
 	}
-	s.t.stored(logs)
+	s.t.stored(logs, proven)
 	if s.fsm != nil && len(logs) > 0 {
 		s.fsm.logged(logs[len(logs)-1].Index)
 	}

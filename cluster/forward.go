@@ -57,6 +57,7 @@ type fwdResult struct {
 	status      byte
 	index, term uint64
 	body        []byte
+	early       bool // known here before the leader answered
 }
 
 func appendRequest(b []byte, id uint64, flags byte, entry []byte) []byte {
@@ -224,9 +225,11 @@ type stream struct {
 	once    sync.Once
 }
 
-// call forwards one entry and waits for the leader's answer. sent says
-// whether the entry may have reached the leader.
-func (st *stream) call(ctx context.Context, entry []byte, flags byte) (res fwdResult, sent bool, err error) {
+// call forwards one entry and waits for the leader's answer, or for early:
+// the entry's position, should this node learn first that it is committed
+// (see provenTerm); the leader's answer is then dropped when it comes. sent
+// says whether the entry may have reached the leader.
+func (st *stream) call(ctx context.Context, entry []byte, flags byte, early <-chan position) (res fwdResult, sent bool, err error) {
 	ch := make(chan fwdResult, 1)
 	st.mu.Lock()
 	if st.err != nil {
@@ -250,6 +253,8 @@ func (st *stream) call(ctx context.Context, entry []byte, flags byte) (res fwdRe
 	select {
 	case res = <-ch:
 		return res, true, nil
+	case p := <-early:
+		return fwdResult{status: fwdOK, index: p.index, term: p.term, early: true}, true, nil
 	case <-st.dead:
 		return res, true, st.cause()
 	case <-ctx.Done():

@@ -72,7 +72,7 @@ func TestForwardStreamAnswersWritesInAnyOrder(t *testing.T) {
 			if i%2 == 1 {
 				flags = fwdCommitOnly
 			}
-			res, sent, err := st.call(context.Background(), entry, flags)
+			res, sent, err := st.call(context.Background(), entry, flags, nil)
 			switch {
 			case err != nil || !sent:
 				errs <- fmt.Errorf("write %d: sent %v, %v", i, sent, err)
@@ -160,11 +160,11 @@ func TestForwardStreamDeathIsUncertainAndRedials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, sent, err := st.call(context.Background(), []byte("die"), 0); err == nil || !sent {
+	if _, sent, err := st.call(context.Background(), []byte("die"), 0, nil); err == nil || !sent {
 		t.Fatalf("write on a dying stream: sent %v, err %v; want sent and an error", sent, err)
 	}
 	// The dead stream refuses new writes as certainly unsent.
-	if _, sent, err := st.call(context.Background(), []byte("x"), 0); err == nil || sent {
+	if _, sent, err := st.call(context.Background(), []byte("x"), 0, nil); err == nil || sent {
 		t.Fatalf("write on a dead stream: sent %v, err %v", sent, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -174,7 +174,7 @@ func TestForwardStreamDeathIsUncertainAndRedials(t *testing.T) {
 			t.Fatal(err)
 		}
 		if st2 != st {
-			res, _, err := st2.call(context.Background(), []byte("again"), 0)
+			res, _, err := st2.call(context.Background(), []byte("again"), 0, nil)
 			if err != nil || string(res.body) != "again" {
 				t.Fatalf("after redial: %q, %v", res.body, err)
 			}
@@ -209,7 +209,7 @@ func TestForwardStreamSilentLeaderIsDropped(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, sent, err := st.call(ctx, []byte("x"), 0); !errors.Is(err, context.DeadlineExceeded) || !sent {
+	if _, sent, err := st.call(ctx, []byte("x"), 0, nil); !errors.Is(err, context.DeadlineExceeded) || !sent {
 		t.Fatalf("abandoned write: sent %v, %v", sent, err)
 	}
 	select {

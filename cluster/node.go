@@ -320,7 +320,7 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	logs := trackingLogStore{LogStore: n.logs, t: n.commits, fsm: n.fsm, metrics: n.metrics}
+	logs := trackingLogStore{LogStore: n.logs, t: n.commits, self: raft.ServerID(n.cfg.NodeID), fsm: n.fsm, metrics: n.metrics}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
@@ -611,7 +611,19 @@ func (n *Node) submitWith(ctx context.Context, entry []byte, commitOnly bool) (u
 // as soon as this node learns of another leader (a request to a leader
 // that was cut off would otherwise hang until its timeouts). sent says
 // whether the entry may have been appended.
+//
+// A write forwarded at commit is also waited for here: where the leader and
+// this node are a majority, this node knows of the commit as soon as it has
+// stored the entry (see provenTerm), before the leader's answer arrives.
 func (n *Node) forwardWatching(ctx context.Context, leader string, entry []byte, commitOnly bool) (uint64, command.Response, bool, error) {
+	var early <-chan position
+	if commitOnly {
+		if env, err := command.Open(entry); err == nil {
+			ch, stop := n.commits.await(env.Request)
+			defer stop()
+			early = ch
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan struct{})
@@ -631,7 +643,7 @@ func (n *Node) forwardWatching(ctx context.Context, leader string, entry []byte,
 			}
 		}
 	}()
-	return n.forward(ctx, leader, entry, commitOnly)
+	return n.forward(ctx, leader, entry, commitOnly, early)
 }
 
 // applyAsLeader appends an entry and waits until it is applied here, for

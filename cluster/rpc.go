@@ -97,7 +97,10 @@ func applyStatus(err error) int {
 // HTTP if it is big or the leader too old for the stream. A lost reply is
 // retried by the caller with the same entry, which the state machine
 // deduplicates. sent says whether the leader may have appended the entry.
-func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool) (idx uint64, resp command.Response, sent bool, err error) {
+//
+// early, if not nil, delivers the entry's position should this node learn
+// first that a write forwarded at commit is committed.
+func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitOnly bool, early <-chan position) (idx uint64, resp command.Response, sent bool, err error) {
 	if len(entry) > maxStreamEntry {
 		return n.forwardHTTP(ctx, leader, entry, commitOnly)
 	}
@@ -112,7 +115,7 @@ func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitO
 	if commitOnly {
 		flags = fwdCommitOnly
 	}
-	res, sent, err := st.call(ctx, entry, flags)
+	res, sent, err := st.call(ctx, entry, flags, early)
 	if err != nil {
 		return 0, resp, sent, fmt.Errorf("leader %s: %w", leader, err)
 	}
@@ -122,6 +125,9 @@ func (n *Node) forward(ctx context.Context, leader string, entry []byte, commitO
 		return 0, resp, false, fmt.Errorf("leader %s: %s", leader, res.body)
 	default:
 		return 0, resp, true, fmt.Errorf("leader %s: %s", leader, res.body)
+	}
+	if res.early {
+		n.metrics.forwardedEarly.Inc()
 	}
 	if commitOnly {
 		n.fsm.hint(res.index, res.term)
