@@ -757,7 +757,11 @@ func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
 		if n.readyTerm.Load() != n.raft.CurrentTerm() {
 			return 0, errors.New("new leader not ready yet")
 		}
-		idx := n.raft.CommitIndex()
+		// The last index, not the commit index: a follower may have
+		// acknowledged a write this leader does not yet know is committed
+		// (see provenTerm), and every such entry is in this log, written
+		// before it was sent. The read waits until they are applied.
+		idx := n.raft.LastIndex()
 		if err := n.raft.VerifyLeader().Error(); err != nil {
 			return 0, err
 		}
@@ -767,12 +771,15 @@ func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
 	if addr == "" {
 		return 0, errNotLeader
 	}
-	var out struct{ Index, Term uint64 }
+	var out readIndexAnswer
 	if err := n.call(ctx, string(addr), http.MethodGet, "/internal/readindex", nil, &out); err != nil {
 		return 0, err
 	}
-	if out.Term > 0 { // older leaders send none
+	if out.Term > 0 { // sent only for a committed Index
 		n.fsm.hint(out.Index, out.Term)
+	}
+	if out.CommitTerm > 0 { // older leaders send none
+		n.fsm.hint(out.Commit, out.CommitTerm)
 	}
 	return out.Index, nil
 }

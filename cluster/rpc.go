@@ -188,14 +188,27 @@ func (n *Node) handleReadIndex(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	// With the entry's term the follower can apply up to idx from its own
-	// log without waiting for Raft's next append (see fsm.hint).
+	// With a committed entry's term the follower can apply up to it from
+	// its own log without waiting for Raft's next append (see fsm.hint).
+	// Index may be beyond the commit (see leaderReadIndex); its term is
+	// then withheld, since older followers take Term as a hint for Index.
+	out := readIndexAnswer{Index: idx, Commit: n.raft.CommitIndex()}
 	var l raft.Log
-	var term uint64
-	if err := n.logs.GetLog(idx, &l); err == nil {
-		term = l.Term
+	if err := n.logs.GetLog(out.Commit, &l); err == nil {
+		out.CommitTerm = l.Term
+		if idx <= out.Commit && n.logs.GetLog(idx, &l) == nil {
+			out.Term = l.Term
+		}
 	}
-	writeJSON(w, struct{ Index, Term uint64 }{idx, term})
+	writeJSON(w, out)
+}
+
+// readIndexAnswer is the leader's answer to /internal/readindex: the index
+// a read waits for, and the commit index, each with its entry's term for
+// fsm.hint (0: none to give).
+type readIndexAnswer struct {
+	Index, Term        uint64
+	Commit, CommitTerm uint64
 }
 
 // handleDigest answers with the digest this node recorded at a Digest
