@@ -180,10 +180,13 @@ func (t *commitTracker) check() bool {
 // the log's writes.
 type trackingLogStore struct {
 	raft.LogStore
-	t       *commitTracker
-	self    raft.ServerID
-	fsm     *fsm
-	metrics *metrics
+	t    *commitTracker
+	self raft.ServerID
+	// readsLast reports whether a leader reads at its last index (see
+	// provenTerm).
+	readsLast func(raft.ServerID) bool
+	fsm       *fsm
+	metrics   *metrics
 }
 
 func (s trackingLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
@@ -191,7 +194,7 @@ func (s trackingLogStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*ra
 func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
 	var proven uint64
 	if s.t.count.Load() > 0 {
-		proven = provenTerm(s.t.raft(), s.self, logs)
+		proven = provenTerm(s.t.raft(), s.self, s.readsLast, logs)
 	}
 	start := time.Now()
 	if err := s.LogStore.StoreLogs(logs); err != nil {

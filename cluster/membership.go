@@ -30,6 +30,11 @@ type nodeMeta struct {
 	ClusterID  string `json:"cid,omitempty"`  // cluster this node's data belongs to
 	Expect     int    `json:"expect,omitempty"`
 	HasState   bool   `json:"state,omitempty"` // has Raft state: part of a cluster already
+	// ReadsLast: as leader, this node answers a read index with its last log
+	// index, so a follower may acknowledge a write it knows committed before
+	// the leader does (see provenTerm). Older builds answer with the commit
+	// index, and their followers' early answers would let a read miss a write.
+	ReadsLast bool `json:"rl,omitempty"`
 }
 
 // member is what this node knows of another.
@@ -62,6 +67,7 @@ func newMembership(n *Node) (*membership, error) {
 		Cluster: net.JoinHostPort(n.cfg.AdvertiseAddr, strconv.Itoa(n.cfg.ClusterPort)),
 		HTTP:    n.cfg.HTTPAddr, Version: BuildVersion, CmdVersion: command.Version(),
 		ClusterID: n.id.clusterID(), Expect: n.cfg.BootstrapExpect, HasState: n.hasState(),
+		ReadsLast: true,
 	}
 	stdlog := log.New(&slogWriter{log: m.log}, "", 0)
 	tr, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
@@ -285,6 +291,13 @@ func (m *membership) update(n *memberlist.Node, alive bool) {
 		m.log.Info("node is up", "peer", meta.ID, "version", meta.Version)
 	}
 	mem.alive = alive
+	readsLast := map[raft.ServerID]bool{raft.ServerID(m.self.ID): true}
+	for id, mem := range m.members {
+		if mem.meta.ReadsLast {
+			readsLast[raft.ServerID(id)] = true
+		}
+	}
+	m.n.readsLast.Store(&readsLast)
 }
 
 // memberlist.AliveDelegate and MergeDelegate: keep other clusters out.

@@ -140,15 +140,18 @@ type Node struct {
 	snaps    *raft.FileSnapshotStore
 	fsm      *fsm
 	commits  *commitTracker
-	metrics  *metrics
-	mux      *mux
-	trans    *raft.NetworkTransport
-	raft     *raft.Raft
-	members  *membership
-	rpc      *http.Server
-	client   *http.Client
-	streams  *streams       // forwarding streams to leaders
-	fwd      *forwardServer // and theirs to this node
+	// readsLast: the nodes known to answer a read index with their last log
+	// index (nodeMeta.ReadsLast), kept by membership.
+	readsLast atomic.Pointer[map[raft.ServerID]bool]
+	metrics   *metrics
+	mux       *mux
+	trans     *raft.NetworkTransport
+	raft      *raft.Raft
+	members   *membership
+	rpc       *http.Server
+	client    *http.Client
+	streams   *streams       // forwarding streams to leaders
+	fwd       *forwardServer // and theirs to this node
 
 	started time.Time
 	// readyTerm is the term in which this node, as leader, has applied a
@@ -320,7 +323,8 @@ func (n *Node) Start(ctx context.Context) error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = newHCLogger("raft", n.log)
-	logs := trackingLogStore{LogStore: n.logs, t: n.commits, self: raft.ServerID(n.cfg.NodeID), fsm: n.fsm, metrics: n.metrics}
+	logs := trackingLogStore{LogStore: n.logs, t: n.commits, self: raft.ServerID(n.cfg.NodeID), fsm: n.fsm, metrics: n.metrics,
+		readsLast: func(id raft.ServerID) bool { m := n.readsLast.Load(); return m != nil && (*m)[id] }}
 	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.logStore, n.snaps, n.trans); err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}

@@ -24,7 +24,12 @@ import (
 // nothing. A configuration the leader has appended but not yet sent differs
 // from this one by at most one server (hashicorp/raft changes one at a
 // time, each committed before the next), so their majorities overlap.
-func provenTerm(r *raft.Raft, self raft.ServerID, logs []*raft.Log) uint64 {
+//
+// A write acknowledged so is committed, but the leader may not know it yet;
+// linearizable reads therefore wait for the leader's last index (see
+// leaderReadIndex). A leader of an older build reads at its commit index, so
+// under one (readsLast false: a rolling upgrade) nothing is proven here.
+func provenTerm(r *raft.Raft, self raft.ServerID, readsLast func(raft.ServerID) bool, logs []*raft.Log) uint64 {
 	if r == nil || r.State() != raft.Follower {
 		return 0
 	}
@@ -35,7 +40,7 @@ func provenTerm(r *raft.Raft, self raft.ServerID, logs []*raft.Log) uint64 {
 		}
 	}
 	_, leader := r.LeaderWithID()
-	if leader == "" || leader == self {
+	if leader == "" || leader == self || readsLast == nil || !readsLast(leader) {
 		return 0
 	}
 	f := r.GetConfiguration()
