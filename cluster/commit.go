@@ -86,12 +86,13 @@ func (t *commitTracker) eachWaited(logs []*raft.Log, fn func(*raft.Log, *commitW
 
 // stored is called after this node's log store has written logs durably.
 // Entries of term proven (0: none) are known committed by that (see
-// provenTerm) and answered at once.
-func (t *commitTracker) stored(logs []*raft.Log, proven uint64) {
-	found := false
+// provenTerm) and answered at once; it returns how many were.
+func (t *commitTracker) stored(logs []*raft.Log, proven uint64) int {
+	found, answered := false, 0
 	t.eachWaited(logs, func(l *raft.Log, w *commitWaiter, req storage.RequestID) {
 		if proven != 0 && l.Term == proven {
 			t.answer(req, w, position{l.Index, l.Term})
+			answered++
 			return
 		}
 		w.index, w.term = l.Index, l.Term
@@ -103,6 +104,7 @@ func (t *commitTracker) stored(logs []*raft.Log, proven uint64) {
 		default:
 		}
 	}
+	return answered
 }
 
 // applying is called by the FSM with a batch of committed entries.
@@ -204,7 +206,9 @@ func (s trackingLogStore) StoreLogs(logs []*raft.Log) error {
 		s.metrics.logStore.Observe(time.Since(start).Seconds())
 		s.metrics.logBatch.Observe(float64(len(logs)))
 	}
-	s.t.stored(logs, proven)
+	if n := s.t.stored(logs, proven); n > 0 && s.metrics != nil {
+		s.metrics.provenHere.Add(float64(n))
+	}
 	if s.fsm != nil && len(logs) > 0 {
 		s.fsm.logged(logs[len(logs)-1].Index)
 	}

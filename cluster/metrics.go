@@ -16,6 +16,7 @@ type metrics struct {
 	forwarded       prometheus.Counter
 	forwardedHTTP   prometheus.Counter
 	forwardedEarly  prometheus.Counter
+	provenHere      prometheus.Counter
 	logStore        prometheus.Histogram
 	logBatch        prometheus.Histogram
 	hinted          prometheus.Counter
@@ -43,7 +44,9 @@ func newMetrics(n *Node) *metrics {
 		forwardedHTTP: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_forwarded_http_total", Help: "Forwarded writes sent over HTTP rather than the forwarding stream: entries over 1 MiB, or a leader too old for the stream."}),
 		forwardedEarly: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "flotilla_forwarded_known_committed_total", Help: "Forwarded writes this node knew committed before the leader's answer came: it stored the entry itself, and it and the leader are a majority."}),
+			Name: "flotilla_forwarded_known_committed_total", Help: "Forwarded writes this node knew committed before the leader's answer came: from its own log write (see flotilla_commits_proven_here_total) or from the commit index the leader sent it."}),
+		provenHere: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_commits_proven_here_total", Help: "Writes waited for on this follower that it knew committed once it had stored them itself: it and the leader are a majority of the voters."}),
 		logStore: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "flotilla_raft_log_store_seconds", Help: "Time to write (and fsync) one batch of entries to the Raft log.",
 			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
@@ -53,7 +56,7 @@ func newMetrics(n *Node) *metrics {
 		hinted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_fsm_hinted_entries_total", Help: "Entries applied ahead of Raft's commit notice, because the leader's answer to a forwarded write showed them committed."}),
 	}
-	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded, m.forwardedHTTP, m.forwardedEarly, m.logStore, m.logBatch, m.hinted,
+	reg.MustRegister(m.commitLatency, m.applyLatency, m.applyBatch, m.snapshotSeconds, m.snapshotBytes, m.forwarded, m.forwardedHTTP, m.forwardedEarly, m.provenHere, m.logStore, m.logBatch, m.hinted,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_raft_state",
 			Help: "Raft state of this node: 0 follower, 1 candidate, 2 leader, 3 shutdown."},

@@ -83,8 +83,8 @@ func TestFollowerKnowsItsOwnCommit(t *testing.T) {
 	}
 	// A write is answered by whichever comes first, so not every one need
 	// be; but the follower's own knowledge is there a round trip sooner.
-	if known := metricValue(string(raw), "flotilla_forwarded_known_committed_total"); known < 1 {
-		t.Errorf("20 writes through %s while %s was frozen, none known committed there (flotilla_forwarded_known_committed_total %v)", f.ID, frozen.ID, known)
+	if known := metricValue(string(raw), "flotilla_commits_proven_here_total"); known < 1 {
+		t.Errorf("20 writes through %s while %s was frozen, none known committed there (flotilla_commits_proven_here_total %v)", f.ID, frozen.ID, known)
 	}
 	frozen.Resume()
 	waitDomain(t, c, "own19.example.org")

@@ -68,72 +68,92 @@ var registerModel = porcupine.Model{
 func TestWritesAndReadsAreLinearizable(t *testing.T) {
 	// Many registers keep each one's history small for the checker.
 	c, users := linearizabilityCluster(t, "r", 12)
+	load := startRegisterLoad(c, users, 6)
+	linearizabilityFaults(t, c, load.start)
+	load.check(t)
+	verifyClean(t, c.WaitLeader(30*time.Second), 3)
+}
 
-	failures := map[string]int{}
-	var (
-		mu   sync.Mutex
-		ops  []porcupine.Operation
-		stop = make(chan struct{})
-		wg   sync.WaitGroup
-	)
-	start := time.Now()
-	now := func() int64 { return int64(time.Since(start)) }
-	for client := 0; client < 6; client++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(client), 7))
-			seq := int64(0)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				n := c.Nodes[client%len(c.Nodes)]
-				if !n.Running() {
-					time.Sleep(20 * time.Millisecond)
-					continue
-				}
-				key := users[rng.IntN(len(users))]
-				op := porcupine.Operation{ClientId: client, Call: now()}
-				if rng.IntN(2) == 0 {
-					seq++
-					v := int64(client+1)*1_000_000 + seq
-					op.Input = regOp{key: key, write: true, value: v}
-					err := n.API("PUT", "/v1/users/"+key+"/quota", map[string]int64{"quota_bytes": v}, nil)
-					op.Return, op.Output = now(), int64(0)
-					if err != nil && strings.Contains(err.Error(), "connection refused") {
-						continue // never sent: it did not happen
-					}
-					if err != nil {
-						// The write may or may not have happened: its
-						// effect may show any time after the call.
-						op.Return = math.MaxInt64
-						mu.Lock()
-						failures[trimErr(err)]++
-						mu.Unlock()
-					}
-				} else {
-					var u admin.User
-					err := n.API("GET", "/v1/users/"+key, nil, &u)
-					op.Return = now()
-					if err != nil {
-						continue // a failed read tells nothing
-					}
-					op.Input, op.Output = regOp{key: key}, u.QuotaBytes
-				}
-				mu.Lock()
-				ops = append(ops, op)
-				mu.Unlock()
-			}
-		}()
+// registerLoad is the linearizability tests' workload: clients writing
+// users' quotas and reading them back, each through its own node.
+type registerLoad struct {
+	c     *harness.Cluster
+	users []string
+	start time.Time
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	mu       sync.Mutex
+	ops      []porcupine.Operation
+	failures map[string]int
+}
+
+func startRegisterLoad(c *harness.Cluster, users []string, clients int) *registerLoad {
+	l := &registerLoad{c: c, users: users, start: time.Now(), stop: make(chan struct{}), failures: map[string]int{}}
+	for client := range clients {
+		l.wg.Add(1)
+		go l.run(client)
 	}
+	return l
+}
 
-	linearizabilityFaults(t, c, start)
-	close(stop)
-	wg.Wait()
+func (l *registerLoad) now() int64 { return int64(time.Since(l.start)) }
 
+func (l *registerLoad) run(client int) {
+	defer l.wg.Done()
+	rng := rand.New(rand.NewPCG(uint64(client), 7))
+	seq := int64(0)
+	for {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		n := l.c.Nodes[client%len(l.c.Nodes)]
+		if !n.Running() {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		key := l.users[rng.IntN(len(l.users))]
+		op := porcupine.Operation{ClientId: client, Call: l.now()}
+		if rng.IntN(2) == 0 {
+			seq++
+			v := int64(client+1)*1_000_000 + seq
+			op.Input = regOp{key: key, write: true, value: v}
+			err := n.API("PUT", "/v1/users/"+key+"/quota", map[string]int64{"quota_bytes": v}, nil)
+			op.Return, op.Output = l.now(), int64(0)
+			if err != nil && strings.Contains(err.Error(), "connection refused") {
+				continue // never sent: it did not happen
+			}
+			if err != nil {
+				// The write may or may not have happened: its effect may
+				// show any time after the call.
+				op.Return = math.MaxInt64
+				l.mu.Lock()
+				l.failures[trimErr(err)]++
+				l.mu.Unlock()
+			}
+		} else {
+			var u admin.User
+			err := n.API("GET", "/v1/users/"+key, nil, &u)
+			op.Return = l.now()
+			if err != nil {
+				continue // a failed read tells nothing
+			}
+			op.Input, op.Output = regOp{key: key}, u.QuotaBytes
+		}
+		l.mu.Lock()
+		l.ops = append(l.ops, op)
+		l.mu.Unlock()
+	}
+}
+
+// check stops the load and has porcupine check its history.
+func (l *registerLoad) check(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	ops := l.ops
 	sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
 	writes, reads, unknown := 0, 0, 0
 	for _, op := range ops {
@@ -151,7 +171,7 @@ func TestWritesAndReadsAreLinearizable(t *testing.T) {
 	}
 	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, 2*time.Minute)
 	t.Logf("%d writes (%d with unknown outcome), %d reads: %s", writes, unknown, reads, res)
-	for msg, n := range failures {
+	for msg, n := range l.failures {
 		t.Logf("write failures: %d x %s", n, msg)
 	}
 	if res != porcupine.Ok {
@@ -159,7 +179,6 @@ func TestWritesAndReadsAreLinearizable(t *testing.T) {
 		_ = porcupine.VisualizePath(registerModel, info, path)
 		t.Fatalf("history is not linearizable (%s); visualization in %s", res, path)
 	}
-	verifyClean(t, c.WaitLeader(30*time.Second), 3)
 }
 
 // linearizabilityCluster starts a three-node cluster with users

@@ -112,6 +112,48 @@ func BuildTo(path string, tags ...string) error {
 	return nil
 }
 
+// BuildRevision builds the flotilla binary of an earlier revision of this
+// repository (a commit its git history holds) to path, for tests of a
+// cluster that mixes releases. The revision's tree is exported with git
+// archive, so the working copy is left alone.
+func BuildRevision(path, rev string) error {
+	dir, err := os.MkdirTemp("", "flotilla-rev-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	archive := exec.Command("git", "-C", moduleRoot(), "archive", "--format=tar", rev)
+	untar := exec.Command("tar", "-x", "-C", dir)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	untar.Stdin = pipe
+	var errs strings.Builder
+	archive.Stderr, untar.Stderr = &errs, &errs
+	if err := untar.Start(); err != nil {
+		return err
+	}
+	if err := archive.Run(); err != nil {
+		_ = untar.Wait()
+		return fmt.Errorf("git archive %s (this test needs the repository's history: a full clone): %v: %s", rev, err, errs.String())
+	}
+	if err := untar.Wait(); err != nil {
+		return fmt.Errorf("unpack %s: %v: %s", rev, err, errs.String())
+	}
+	args := []string{"build", "-o", path}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, "-ldflags", "-X github.com/flotilla-mail/flotilla/cluster.BuildVersion="+rev, "./cmd/flotilla")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v: %s", rev, err, out)
+	}
+	return nil
+}
+
 func moduleRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
