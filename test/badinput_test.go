@@ -79,11 +79,7 @@ func TestUnknownCommandStopsOldNode(t *testing.T) {
 	if err := harness.BuildTo(next, "flotilla_next"); err != nil {
 		t.Fatal(err)
 	}
-	c := harness.New(t, harness.Options{NoStart: true})
-	for _, n := range c.Nodes {
-		n.Bin = next
-		n.Start()
-	}
+	c := harness.New(t, harness.Options{Bin: next})
 	leader := c.WaitLeader(30 * time.Second)
 	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
 	if err := leader.API("POST", "/v1/debug/note", map[string]string{"Key": "a", "Text": "first"}, nil); err != nil {

@@ -27,11 +27,7 @@ func TestMixedVersionsStayLinearizable(t *testing.T) {
 	if err := harness.BuildRevision(old, previousRelease); err != nil {
 		t.Fatal(err)
 	}
-	c := harness.New(t, harness.Options{NoStart: true})
-	for _, n := range c.Nodes {
-		n.Bin = old
-		n.Start()
-	}
+	c := harness.New(t, harness.Options{Bin: old})
 	leader := c.WaitLeader(60 * time.Second)
 	c.WaitVoters(leader, 60*time.Second, "n1", "n2", "n3")
 	var users []string

@@ -177,6 +177,8 @@ type Options struct {
 	HeartbeatTimeout string
 	// NoStart creates the nodes without starting them.
 	NoStart bool
+	// Bin is the binary the nodes run (default: this build).
+	Bin string
 	// Tier is where the nodes run: Processes (the default) or Docker.
 	Tier Tier
 	// LinkProxy runs every connection between two nodes' cluster ports
@@ -302,7 +304,7 @@ func New(t T, opt Options) *Cluster {
 
 func (c *Cluster) newNode(expect int) *Node {
 	i := len(c.Nodes) + 1
-	n := &Node{c: c, ID: fmt.Sprintf("n%d", i), IP: c.host.ip(i), Expect: expect}
+	n := &Node{c: c, ID: fmt.Sprintf("n%d", i), IP: c.host.ip(i), Expect: expect, Bin: c.opt.Bin}
 	n.DataDir = filepath.Join(c.Dir, n.ID)
 	n.LogPath = filepath.Join(c.Dir, n.ID+".log")
 	c.Nodes = append(c.Nodes, n)
