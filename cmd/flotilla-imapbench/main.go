@@ -99,29 +99,40 @@ func main() {
 	defer r.finish()
 	want := func(n string) bool { return *only == "" || strings.Contains(","+*only+",", ","+n+",") }
 
-	var results []*result
-	var bigResults []bigResult
+	// Every target is started and seeded first; then each command runs on
+	// each target in turn, so that the machine's slow and fast phases
+	// (runs of one binary here differ by up to 2x) fall on all of them
+	// alike and the ratios compare like with like.
+	var targets []*target
 	if want("dovecot") {
-		t := startDovecot(r)
-		results = append(results, runTarget(r, t))
-		if *big > 0 {
-			bigResults = append(bigResults, runBig(r, t))
-		}
+		targets = append(targets, startDovecot(r))
 	}
 	if want("flotilla-1") {
-		t := startFlotilla(r, 1)
-		results = append(results, runTarget(r, t))
-		if *big > 0 {
-			bigResults = append(bigResults, runBig(r, t))
-		}
+		targets = append(targets, startFlotilla(r, 1))
 	}
 	if want("flotilla-3f") {
-		t := startFlotilla(r, 3)
-		results = append(results, runTarget(r, t))
-		if os.Getenv("IMAPBENCH_METRICS") != "" {
-			t.metrics()
+		targets = append(targets, startFlotilla(r, 3))
+	}
+	var loads []*load
+	for _, t := range targets {
+		loads = append(loads, prepare(r, t))
+	}
+	for _, op := range ops {
+		for _, l := range loads {
+			l.run(r, op)
 		}
-		if *big > 0 && *bigF {
+	}
+	var results []*result
+	var bigResults []bigResult
+	for _, l := range loads {
+		l.close()
+		results = append(results, l.res)
+		if l.t.metrics != nil && os.Getenv("IMAPBENCH_METRICS") != "" {
+			l.t.metrics()
+		}
+	}
+	for _, t := range targets {
+		if *big > 0 && (t.name != "flotilla-3f" || *bigF) {
 			bigResults = append(bigResults, runBig(r, t))
 		}
 	}
@@ -217,72 +228,87 @@ func seed(r *runner, t *target) {
 	}
 }
 
-func runTarget(r *runner, t *target) *result {
+// load is one target's sessions, logged in and INBOX selected, and what
+// they measured.
+type load struct {
+	t        *target
+	clients  []*imapclient.Client
+	appended [][]goimap.UID
+	res      *result
+}
+
+func prepare(r *runner, t *target) *load {
 	r.Logf("%s: seeding %d users with %d messages", t.name, *sessions, *messages)
 	seed(r, t)
-	res := &result{target: t.name, ops: map[string]*stat{}, wall: map[string]time.Duration{}}
-	clients := make([]*imapclient.Client, *sessions)
-	for s := range clients {
+	l := &load{t: t, res: &result{target: t.name, ops: map[string]*stat{}, wall: map[string]time.Duration{}},
+		clients: make([]*imapclient.Client, *sessions), appended: make([][]goimap.UID, *sessions)}
+	for s := range l.clients {
 		c, err := dial(t, t.user(s))
 		if err != nil {
 			r.Fatalf("%s: %v", t.name, err)
 		}
-		defer c.Close()
 		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 			r.Fatalf("%s: select: %v", t.name, err)
 		}
-		clients[s] = c
+		l.clients[s] = c
 	}
-	appended := make([][]goimap.UID, *sessions)
-	for _, op := range ops {
-		r.Logf("%s: %s for %v", t.name, op, *duration)
-		var mu sync.Mutex
-		st := &stat{}
-		var wg sync.WaitGroup
-		start := time.Now()
-		deadline := start.Add(*duration)
-		var firstErr error
-		if spec := os.Getenv("IMAPBENCH_PROFILE"); spec != "" && t.profile != nil {
-			if want, path, ok := strings.Cut(spec, ":"); ok && strings.EqualFold(strings.ReplaceAll(want, "-", " "), op) {
-				go t.profile(path, min(*duration, 5*time.Second))
-			}
+	return l
+}
+
+func (l *load) close() {
+	for _, c := range l.clients {
+		c.Close()
+	}
+}
+
+// run runs one command in every session for the -duration.
+func (l *load) run(r *runner, op string) {
+	t := l.t
+	r.Logf("%s: %s for %v", t.name, op, *duration)
+	var mu sync.Mutex
+	st := &stat{}
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(*duration)
+	var firstErr error
+	if spec := os.Getenv("IMAPBENCH_PROFILE"); spec != "" && t.profile != nil {
+		if want, path, ok := strings.Cut(spec, ":"); ok && strings.EqualFold(strings.ReplaceAll(want, "-", " "), op) {
+			go t.profile(path, min(*duration, 5*time.Second))
 		}
-		for s := range clients {
-			wg.Add(1)
-			go func(s int) {
-				defer wg.Done()
-				c := clients[s]
-				rng := rand.New(rand.NewPCG(uint64(s), 42))
-				var lats []time.Duration
-				for i := 0; time.Now().Before(deadline); i++ {
-					d, err := doOp(c, op, rng, t.user(s), &appended[s], i)
-					if errors.Is(err, errNothing) {
-						break
-					}
-					if err != nil {
-						mu.Lock()
-						if firstErr == nil {
-							firstErr = fmt.Errorf("%s %s: %w", t.name, op, err)
-						}
-						mu.Unlock()
-						return
-					}
-					lats = append(lats, d)
+	}
+	for s, c := range l.clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(s), 42))
+			var lats []time.Duration
+			for i := 0; time.Now().Before(deadline); i++ {
+				d, err := doOp(c, op, rng, t.user(s), &l.appended[s], i)
+				if errors.Is(err, errNothing) {
+					break
 				}
-				mu.Lock()
-				st.n += len(lats)
-				st.lats = append(st.lats, lats...)
-				mu.Unlock()
-			}(s)
-		}
-		wg.Wait()
-		if firstErr != nil {
-			r.Fatalf("%v", firstErr)
-		}
-		res.ops[op] = st
-		res.wall[op] = time.Since(start)
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("%s %s: %w", t.name, op, err)
+					}
+					mu.Unlock()
+					return
+				}
+				lats = append(lats, d)
+			}
+			mu.Lock()
+			st.n += len(lats)
+			st.lats = append(st.lats, lats...)
+			mu.Unlock()
+		}()
 	}
-	return res
+	wg.Wait()
+	if firstErr != nil {
+		r.Fatalf("%v", firstErr)
+	}
+	l.res.ops[op] = st
+	l.res.wall[op] = time.Since(start)
 }
 
 var errNothing = errors.New("nothing left to do")
