@@ -63,5 +63,5 @@ func pairMajority(c raft.Configuration, self, leader raft.ServerID) bool {
 			found++
 		}
 	}
-	return found == 2 && 2 > voters/2
+	return found == 2 && voters <= 3 // two of at most three
 }

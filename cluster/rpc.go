@@ -196,7 +196,10 @@ func (n *Node) handleReadIndex(w http.ResponseWriter, r *http.Request) {
 	var l raft.Log
 	if err := n.logs.GetLog(out.Commit, &l); err == nil {
 		out.CommitTerm = l.Term
-		if idx <= out.Commit && n.logs.GetLog(idx, &l) == nil {
+		switch {
+		case idx == out.Commit: // the usual case when no write is in flight
+			out.Term = l.Term
+		case idx < out.Commit && n.logs.GetLog(idx, &l) == nil:
 			out.Term = l.Term
 		}
 	}
