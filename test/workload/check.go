@@ -43,7 +43,10 @@ func Check(c *harness.Cluster, users []string, acks []Ack, unknown func(string) 
 		if !n.Running() {
 			continue
 		}
-		seen[n.ID] = map[string][]copyOf{}
+		// Each node's map is made before its readers start and only ever
+		// reached through byID, so no goroutine reads seen while it grows.
+		byID := map[string][]copyOf{}
+		seen[n.ID] = byID
 		for _, u := range users {
 			wg.Add(1)
 			go func() {
@@ -72,7 +75,7 @@ func Check(c *harness.Cluster, users []string, acks []Ack, unknown func(string) 
 					}
 					id := messageID(raw)
 					mu.Lock()
-					seen[n.ID][id] = append(seen[n.ID][id], copyOf{m.UID, m.SHA256})
+					byID[id] = append(byID[id], copyOf{m.UID, m.SHA256})
 					mu.Unlock()
 				}
 			}()
