@@ -11,5 +11,5 @@ if ! command -v dovecot >/dev/null; then
 	exit 1
 fi
 go build -o bin/flotilla-imapbench ./cmd/flotilla-imapbench
-echo "== IMAP: Dovecot vs Flotilla (1 node, follower of 3)"
-bin/flotilla-imapbench "$@"
+echo "== IMAP: Dovecot (default, and mail_fsync=always) vs Flotilla (1 node, follower of 3)"
+bin/flotilla-imapbench -only dovecot,dovecot-fsync,flotilla-1,flotilla-3f "$@"

@@ -8,6 +8,11 @@
 // IMAPBENCH_PROFILE=STORE:/tmp/store.cpu saves a CPU profile of each
 // serving Flotilla node while that command runs (to /tmp/store.cpu.<target>).
 //
+// The dovecot-fsync target (in -only, not run by default) is a second
+// Dovecot with mail_fsync = always: the durability Flotilla gives every
+// write (the default, optimized, does not fsync a flag change), shown for
+// comparison; the ratios are always against the default Dovecot.
+//
 // It needs Debian's dovecot-imapd (dovecot on PATH) and runs as root (the
 // Dovecot mail user is "mail"). Servers listen on loopback addresses only.
 package main
@@ -45,7 +50,7 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "how long each command is run")
 	big      = flag.Int("big", 100_000, "messages in the big mailbox (0: skip that test)")
 	bigF     = flag.Bool("big-follower", false, "also load and measure the big mailbox on the three-node cluster (slow: every message is a replicated commit)")
-	only     = flag.String("only", "", "run only these targets (comma-separated: dovecot,flotilla-1,flotilla-3f)")
+	only     = flag.String("only", "", "run only these targets (comma-separated: dovecot,flotilla-1,flotilla-3f; dovecot-fsync only when named)")
 	opsF     = flag.String("ops", "", "run only these commands (comma-separated, as in the report: STORE,FETCH body); EXPUNGE needs APPEND")
 	verbose  = flag.Bool("v", false, "log progress")
 )
@@ -105,7 +110,10 @@ func main() {
 	// alike and the ratios compare like with like.
 	var targets []*target
 	if want("dovecot") {
-		targets = append(targets, startDovecot(r))
+		targets = append(targets, startDovecot(r, "dovecot", 10143, "optimized"))
+	}
+	if strings.Contains(","+*only+",", ",dovecot-fsync,") {
+		targets = append(targets, startDovecot(r, "dovecot-fsync", 10144, "always"))
 	}
 	if want("flotilla-1") {
 		targets = append(targets, startFlotilla(r, 1))
@@ -132,7 +140,7 @@ func main() {
 		}
 	}
 	for _, t := range targets {
-		if *big > 0 && (t.name != "flotilla-3f" || *bigF) {
+		if *big > 0 && t.name != "dovecot-fsync" && (t.name != "flotilla-3f" || *bigF) {
 			bigResults = append(bigResults, runBig(r, t))
 		}
 	}
@@ -534,9 +542,9 @@ func startFlotilla(r *runner, nodes int) *target {
 	return t
 }
 
-const dovecotPort = 10143
-
-func startDovecot(r *runner) *target {
+// startDovecot starts a Dovecot named name on port with the given
+// mail_fsync setting (optimized is Debian's default).
+func startDovecot(r *runner, name string, port int, fsync string) *target {
 	bin, err := exec.LookPath("dovecot")
 	if err != nil {
 		r.Fatalf("dovecot is not installed (apt-get install dovecot-imapd)")
@@ -569,6 +577,7 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
+mail_fsync = %[6]s
 passdb {
   driver = static
   args = password=%[2]s
@@ -590,14 +599,14 @@ service imap-login {
 service imap {
   process_min_avail = %[5]d
 }
-`, dir, password, home, dovecotPort, *sessions+2)
+`, dir, password, home, port, *sessions+2, fsync)
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 		r.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-F", "-c", conf)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		r.Fatalf("dovecot: %v", err)
+		r.Fatalf("%s: %v", name, err)
 	}
 	r.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
@@ -609,20 +618,22 @@ service imap {
 			_ = cmd.Process.Kill()
 		}
 	})
-	t := &target{name: "dovecot", addr: fmt.Sprintf("127.0.0.1:%d", dovecotPort), user: func(i int) string {
+	t := &target{name: name, addr: fmt.Sprintf("127.0.0.1:%d", port), user: func(i int) string {
 		if i < 0 {
 			return bigUser
 		}
 		return fmt.Sprintf("u%d", i)
 	}}
-	harness.Eventually(r, 20*time.Second, "dovecot answers", func() error {
+	harness.Eventually(r, 20*time.Second, name+" answers", func() error {
 		c, err := dial(t, t.user(0))
 		if err != nil {
 			return err
 		}
 		return c.Close()
 	})
-	r.home, r.mailUID, r.mailGID = home, uid, gid
+	if name == "dovecot" { // the big mailbox is written for this one
+		r.home, r.mailUID, r.mailGID = home, uid, gid
+	}
 	return t
 }
 
@@ -671,20 +682,29 @@ func report(results []*result, bigs []bigResult) {
 	fmt.Fprintf(w, "\nIMAP load: %d sessions (one user each), %d messages per INBOX, %v per command\n\n", *sessions, *messages, *duration)
 	fmt.Fprintf(w, "%-14s", "command")
 	for _, r := range results {
-		fmt.Fprintf(w, " | %-28s", r.target+" ops/s  p50  p99")
-	}
-	var base *result
-	for _, r := range results {
-		if r.target == "dovecot" {
-			base = r
+		label := r.target + " ops/s  p50  p99"
+		if len(label) > 28 {
+			label = r.target + " ops/s p50 p99"
 		}
+		fmt.Fprintf(w, " | %-28s", label)
 	}
-	if base != nil {
+	// Every Flotilla target is compared with each Dovecot present, and
+	// dovecot-fsync with the default Dovecot.
+	type pair struct{ r, base *result }
+	var pairs []pair
+	for _, b := range results {
+		if !strings.HasPrefix(b.target, "dovecot") {
+			continue
+		}
 		for _, r := range results {
-			if r != base {
-				fmt.Fprintf(w, " | %-10s", r.target+"/dovecot")
+			if r != b && (!strings.HasPrefix(r.target, "dovecot") || b.target == "dovecot") {
+				pairs = append(pairs, pair{r, b})
 			}
 		}
+	}
+	for _, p := range pairs {
+		name := p.r.target + "/" + p.base.target
+		fmt.Fprintf(w, " | %-*s", max(10, len(name)), name)
 	}
 	fmt.Fprintln(w)
 	for _, op := range ops {
@@ -693,12 +713,9 @@ func report(results []*result, bigs []bigResult) {
 			st := r.ops[op]
 			fmt.Fprintf(w, " | %8.0f %8s %8s  ", rate(r, op), round(pct(st.lats, 0.5)), round(pct(st.lats, 0.99)))
 		}
-		if base != nil {
-			for _, r := range results {
-				if r != base {
-					fmt.Fprintf(w, " | %9.2fx ", rate(r, op)/rate(base, op))
-				}
-			}
+		for _, p := range pairs {
+			name := p.r.target + "/" + p.base.target
+			fmt.Fprintf(w, " | %*.2fx", max(9, len(name)-1), rate(p.r, op)/rate(p.base, op))
 		}
 		fmt.Fprintln(w)
 	}
