@@ -42,6 +42,13 @@ func smtpIngest(t *harness.Runner, sessions, messages, size int, only string) {
 			go func() {
 				time.Sleep(3 * time.Second)
 				n := c.WaitLeader(time.Minute)
+				if os.Getenv("BENCH_PROFILE_ALL") != "" { // every other node too, to path.<id>
+					for _, o := range c.Nodes {
+						if o != n {
+							go fetchProfile(c, o, path+"."+o.ID)
+						}
+					}
+				}
 				if os.Getenv("BENCH_PROFILE_FOLLOWER") != "" && nodes > 1 {
 					n = c.Followers(n)[0]
 				}
