@@ -121,9 +121,8 @@ func (errTimeout) Temporary() bool { return true }
 // On a plaintext connection the lines of a multi-line reply are held until
 // its last line and go out in one write: go-smtp flushes every line of its
 // replies, and EHLO's eleven lines had cost eleven syscalls and segments
-// per session, a tenth of a node's CPU in SMTP ingest on loopback. The
-// client can act on nothing before the last line, so holding the others
-// delays nothing. Under TLS the bytes here are records and pass as they
+// per session. The client can act on nothing before the last line, so
+// holding the others delays nothing. Under TLS the bytes here are records and pass as they
 // come.
 func (c *conn) Write(b []byte) (int, error) {
 	c.mu.Lock()
