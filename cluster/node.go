@@ -140,6 +140,7 @@ type Node struct {
 	snaps    *raft.FileSnapshotStore
 	fsm      *fsm
 	commits  *commitTracker
+	leaders  *leaderWatch // ends forwards to a leader that is no longer one
 	// readsLast: the nodes known to answer a read index with their last log
 	// index (nodeMeta.ReadsLast), kept by membership.
 	readsLast atomic.Pointer[map[raft.ServerID]bool]
@@ -219,6 +220,7 @@ func New(cfg Config) (*Node, error) {
 	n.logs = newLogCache(n.logStore)
 	n.fsm.useLog(n.logs)
 	n.commits = newCommitTracker(n.logs, func() *raft.Raft { return n.raft })
+	n.leaders = newLeaderWatch(func() string { addr, _ := n.raft.LeaderWithID(); return string(addr) })
 	n.fsm.committed = n.commits.applying
 	ok = true
 	return n, nil
@@ -348,7 +350,8 @@ func (n *Node) Start(ctx context.Context) error {
 		defer n.wg.Done()
 		n.fwd.serve(n.mux.fwd)
 	}()
-	n.wg.Add(5)
+	n.wg.Add(6)
+	go func() { defer n.wg.Done(); n.leaders.run(bg, n.raft) }()
 	go func() { defer n.wg.Done(); n.commits.run(bg) }()
 	go func() { defer n.wg.Done(); n.members.joinLoop(bg) }()
 	go func() { defer n.wg.Done(); n.bootstrapLoop(bg) }()
@@ -630,23 +633,8 @@ func (n *Node) forwardWatching(ctx context.Context, leader string, entry []byte,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		tick := time.NewTicker(25 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				if addr, _ := n.raft.LeaderWithID(); string(addr) != leader {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
+	stop := context.AfterFunc(n.leaders.of(leader), cancel)
+	defer stop()
 	return n.forward(ctx, leader, entry, commitOnly, early)
 }
 
