@@ -193,7 +193,15 @@ func (tx *Tx) UserByID(id uint64) (User, error) {
 
 // Users lists the users of domain ("" for all) in address order.
 func (tx *Tx) Users(domain string) ([]User, error) {
-	var out []User
+	return listOfDomain[User](tx, bUsers, domain)
+}
+
+// listOfDomain decodes the records of a bucket keyed by address whose
+// domain is domain ("" for all), in address order.
+func listOfDomain[T any, P interface {
+	*T
+	unmarshal([]byte) error
+}](tx *Tx, bucket []byte, domain string) ([]T, error) {
 	suffix := ""
 	if domain != "" {
 		d, err := NormalizeDomain(domain)
@@ -202,15 +210,16 @@ func (tx *Tx) Users(domain string) ([]User, error) {
 		}
 		suffix = "@" + d
 	}
-	err := tx.tx.Bucket(bUsers).ForEach(func(k, v []byte) error {
+	var out []T
+	err := tx.tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 		if !strings.HasSuffix(string(k), suffix) {
 			return nil
 		}
-		var u User
-		if err := u.unmarshal(v); err != nil {
+		var r T
+		if err := P(&r).unmarshal(v); err != nil {
 			return err
 		}
-		out = append(out, u)
+		out = append(out, r)
 		return nil
 	})
 	return out, err
@@ -334,27 +343,7 @@ func (tx *Tx) Alias(address string) (Alias, error) {
 
 // Aliases lists the aliases of domain ("" for all).
 func (tx *Tx) Aliases(domain string) ([]Alias, error) {
-	var out []Alias
-	suffix := ""
-	if domain != "" {
-		d, err := NormalizeDomain(domain)
-		if err != nil {
-			return nil, err
-		}
-		suffix = "@" + d
-	}
-	err := tx.tx.Bucket(bAliases).ForEach(func(k, v []byte) error {
-		if !strings.HasSuffix(string(k), suffix) {
-			return nil
-		}
-		var a Alias
-		if err := a.unmarshal(v); err != nil {
-			return err
-		}
-		out = append(out, a)
-		return nil
-	})
-	return out, err
+	return listOfDomain[Alias](tx, bAliases, domain)
 }
 
 // RemoveAlias removes an alias.

@@ -286,3 +286,59 @@ func FuzzResolve(f *testing.F) {
 		})
 	})
 }
+
+func TestListsByDomain(t *testing.T) {
+	s := openTest(t)
+	write(t, s, 1, func(tx *Tx) error {
+		for _, d := range []string{"a.test", "b.test", "xb.test"} {
+			if _, err := tx.AddDomain(d); err != nil {
+				return err
+			}
+		}
+		for _, u := range []string{"zed@b.test", "amy@a.test", "bob@b.test", "cy@xb.test"} {
+			if _, err := tx.AddUser(User{Address: u}); err != nil {
+				return err
+			}
+		}
+		for _, a := range []string{"sales@b.test", "@b.test", "info@a.test", "x@xb.test"} {
+			if _, err := tx.AddAlias(a, []string{"amy@a.test"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	err := s.View(func(tx *Tx) error {
+		for _, c := range []struct {
+			domain         string
+			users, aliases []string
+		}{
+			{"", []string{"amy@a.test", "bob@b.test", "cy@xb.test", "zed@b.test"}, []string{"@b.test", "info@a.test", "sales@b.test", "x@xb.test"}},
+			// The domain is matched whole (not xb.test) and case-blind.
+			{"B.Test", []string{"bob@b.test", "zed@b.test"}, []string{"@b.test", "sales@b.test"}},
+			{"a.test", []string{"amy@a.test"}, []string{"info@a.test"}},
+		} {
+			us, err := tx.Users(c.domain)
+			if err != nil {
+				return err
+			}
+			as, err := tx.Aliases(c.domain)
+			if err != nil {
+				return err
+			}
+			var aliases []string
+			for _, a := range as {
+				aliases = append(aliases, a.Address)
+			}
+			if !reflect.DeepEqual(userAddrs(us), c.users) || !reflect.DeepEqual(aliases, c.aliases) {
+				t.Errorf("domain %q: users %v aliases %v, want %v %v", c.domain, userAddrs(us), aliases, c.users, c.aliases)
+			}
+		}
+		if _, err := tx.Users("bad domain!"); err == nil {
+			t.Error("an invalid domain was listed")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -600,31 +600,41 @@ func cmdGetQuotaRoot(s *session, tag string, p *parser, uid bool) (string, strin
 	if p.err != nil {
 		return "", "", p.err
 	}
-	var u storage.User
-	var used int64
-	err := s.view(func(tx *storage.Tx) error {
-		if _, err := tx.Mailbox(s.user.ID, name); err != nil {
-			return err
-		}
-		var err error
-		if u, err = tx.UserByID(s.user.ID); err != nil {
-			return err
-		}
-		used, err = tx.UsedBytes(s.user.ID)
+	limit, used, err := s.quota(func(tx *storage.Tx) error {
+		_, err := tx.Mailbox(s.user.ID, name)
 		return err
 	})
 	if err != nil {
 		return "", "", err
 	}
 	s.out.raw("* QUOTAROOT ").mailbox(name)
-	if u.QuotaBytes > 0 {
+	if limit > 0 {
 		s.out.raw(` ""`)
 	}
 	s.out.crlf()
-	if u.QuotaBytes > 0 {
-		s.writeQuota(used, u.QuotaBytes)
+	if limit > 0 {
+		s.writeQuota(used, limit)
 	}
 	return "", "", nil
+}
+
+// quota reads the user's limit (0: none) and bytes used, after check.
+func (s *session) quota(check func(*storage.Tx) error) (limit, used int64, err error) {
+	err = s.view(func(tx *storage.Tx) error {
+		if check != nil {
+			if err := check(tx); err != nil {
+				return err
+			}
+		}
+		u, err := tx.UserByID(s.user.ID)
+		if err != nil {
+			return err
+		}
+		limit = u.QuotaBytes
+		used, err = tx.UsedBytes(s.user.ID)
+		return err
+	})
+	return limit, used, err
 }
 
 func (s *session) writeQuota(used, limit int64) {
@@ -637,23 +647,14 @@ func cmdGetQuota(s *session, tag string, p *parser, uid bool) (string, string, e
 	if p.err != nil {
 		return "", "", p.err
 	}
-	var u storage.User
-	var used int64
-	err := s.view(func(tx *storage.Tx) error {
-		var err error
-		if u, err = tx.UserByID(s.user.ID); err != nil {
-			return err
-		}
-		used, err = tx.UsedBytes(s.user.ID)
-		return err
-	})
+	limit, used, err := s.quota(nil)
 	if err != nil {
 		return "", "", err
 	}
-	if root != "" || u.QuotaBytes == 0 {
+	if root != "" || limit == 0 {
 		return "", "", no("NONEXISTENT", "no such quota root")
 	}
-	s.writeQuota(used, u.QuotaBytes)
+	s.writeQuota(used, limit)
 	return "", "", nil
 }
 
