@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/flotilla-mail/flotilla/cluster/listen"
 )
 
 // The cluster port carries two protocols over mutual TLS: after the
@@ -45,27 +46,28 @@ func newMux(ln net.Listener, t *clusterTLS, local net.IP, advertise net.Addr, lo
 	return m
 }
 
+// serve accepts until the mux closes. A node whose cluster port stopped
+// accepting would be cut off from its peers, so accept errors are retried
+// (see listen.Accept).
 func (m *mux) serve() {
-	for {
-		conn, err := m.ln.Accept()
-		if err != nil {
-			select {
-			case <-m.closed:
-				return
-			default:
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			m.log.Error("cluster listener failed", "err", err)
-			return
+	closing := func() bool {
+		select {
+		case <-m.closed:
+			return true
+		default:
+			return false
 		}
+	}
+	err := listen.Accept(context.Background(), m.ln, closing, m.log.With("server", "cluster"), func(conn net.Conn) bool {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
 			m.route(conn)
 		}()
+		return true
+	})
+	if !closing() {
+		m.log.Error("cluster listener failed", "err", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flotilla-mail/flotilla/cluster/command"
+	"github.com/flotilla-mail/flotilla/cluster/listen"
 	"github.com/flotilla-mail/flotilla/mail/auth"
 	"github.com/flotilla-mail/flotilla/storage"
 )
@@ -141,32 +142,11 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-	var delay time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return ErrServerClosed
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
+	err := listen.Accept(ctx, l, s.closing.Load, s.logger().With("server", "imap"), func(c net.Conn) bool {
 		s.mu.Lock()
 		if s.closing.Load() {
 			s.mu.Unlock()
-			c.Close()
-			return ErrServerClosed
+			return false
 		}
 		sess := newSession(s, c)
 		s.sessions[sess] = struct{}{}
@@ -181,7 +161,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			delete(s.sessions, sess)
 			s.mu.Unlock()
 		}()
+		return true
+	})
+	if errors.Is(err, listen.ErrClosing) {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // Shutdown stops accepting, tells every session BYE at its next command

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/flotilla-mail/flotilla/cluster/listen"
 	"log/slog"
 	"net"
 	"os"
@@ -101,10 +102,11 @@ type Server struct {
 
 // Serve accepts connections on l and runs a session for each. It returns
 // ErrServerClosed after Shutdown, ctx.Err() when ctx is done, or the
-// listener's error when it is closed otherwise. Temporary accept errors are
-// retried with a delay. Cancelling ctx is the hard stop: it closes l and
-// every session started by this Serve, without UPDATE; Shutdown is the
-// graceful one. Sessions outlive Serve's return; Shutdown waits for them.
+// listener's error when it is closed otherwise. Other accept errors (EMFILE
+// among them) are retried with a delay (cluster/listen). Cancelling ctx is
+// the hard stop: it closes l and every session started by this Serve,
+// without UPDATE; Shutdown is the graceful one. Sessions outlive Serve's
+// return; Shutdown waits for them.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if s.Backend == nil {
 		return errors.New("pop3: Server.Backend is nil")
@@ -114,38 +116,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return ErrServerClosed
 	}
 	defer s.removeListener(l)
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-
-	var delay time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return ErrServerClosed
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.logger().Warn("pop3: accept failed; retrying", "err", err, "delay", delay)
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-			}
-			continue
-		}
-		delay = 0
-		if !s.startSession(ctx, c) {
-			c.Close()
-			return ErrServerClosed
-		}
+	err := listen.Accept(ctx, l, s.closing.Load, s.logger().With("server", "pop3"), func(c net.Conn) bool {
+		return s.startSession(ctx, c)
+	})
+	if errors.Is(err, listen.ErrClosing) {
+		return ErrServerClosed
 	}
+	return err
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, tells each

@@ -405,6 +405,17 @@ func (n *Node) Running() bool {
 	}
 }
 
+// Pid is the node's process ID (the process tier only; 0 elsewhere or when
+// it is not running).
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil || n.done == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Kill sends SIGKILL and waits for the node to end.
 func (n *Node) Kill() { n.signal(syscall.SIGKILL, 10*time.Second) }
 
