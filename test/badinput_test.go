@@ -46,6 +46,7 @@ func TestMalformedConfigIsRefusedClearly(t *testing.T) {
 		"bad port":     {"smtp_port = 70000\n", "not a port"},
 		"bad gossip":   {"gossip_key = \"short\"\n", "gossip-key"},
 		"bad duration": {"dead_server_grace = \"soon\"\n", "dead_server_grace"},
+		"no sessions":  {"max_connections_per_ip = 0\n", "--max-connections-per-ip (0) must be at least 1"},
 	}
 	for name, tc := range cases {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
@@ -53,7 +54,7 @@ func TestMalformedConfigIsRefusedClearly(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := serveErr(t, "--config", path, "--data-dir", filepath.Join(dir, "data-"+name))
-		if !strings.Contains(out, tc.want) || !strings.Contains(out, path) && name != "bad port" && name != "bad gossip" {
+		if !strings.Contains(out, tc.want) || !strings.Contains(out, path) && name != "bad port" && name != "bad gossip" && name != "no sessions" {
 			t.Errorf("%s: want an error naming %q (and the file), got:\n%s", name, tc.want, out)
 		}
 	}

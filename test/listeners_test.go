@@ -170,6 +170,67 @@ func TestClusterPortSurvivesDescriptorExhaustion(t *testing.T) {
 	verifyClean(t, l, 3)
 }
 
+// TestConnectionLimits: with --max-connections-per-ip 3, each mail protocol
+// takes three sessions from one address and turns the fourth away with its
+// own "try again later" reply; another address still gets in, and a freed
+// place is taken again.
+func TestConnectionLimits(t *testing.T) {
+	c := harness.New(t, harness.Options{Nodes: 1, Args: []string{"--max-connections-per-ip", "3"}})
+	n := c.Nodes[0]
+	c.WaitLeader(30 * time.Second)
+	other := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(harness.FreeLoopback(t, harness.IMAPPort))}, Timeout: 5 * time.Second}
+	for _, p := range []struct {
+		port           int
+		greet, refusal string
+	}{
+		{harness.SMTPPort, "220 ", "421 4.7.0 "},
+		{harness.IMAPPort, "* OK", "* BYE [UNAVAILABLE] "},
+		{harness.POP3Port, "+OK", "-ERR [SYS/TEMP] "},
+	} {
+		addr := n.Addr(p.port)
+		var held []net.Conn
+		for range 3 {
+			k, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close()
+			if l, err := firstLine(k); err != nil || !strings.HasPrefix(l, p.greet) {
+				t.Fatalf("port %d: session within the limit got %q %v", p.port, l, err)
+			}
+			held = append(held, k)
+		}
+		k, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := firstLine(k)
+		k.Close()
+		if err != nil || !strings.HasPrefix(l, p.refusal) {
+			t.Errorf("port %d: a fourth session from one address got %q %v, want %q", p.port, l, err, p.refusal)
+		}
+		if k, err := other.Dial("tcp", addr); err != nil {
+			t.Fatal(err)
+		} else {
+			l, err := firstLine(k)
+			k.Close()
+			if err != nil || !strings.HasPrefix(l, p.greet) {
+				t.Errorf("port %d: another address got %q %v", p.port, l, err)
+			}
+		}
+		held[0].Close()
+		harness.Eventually(t, 10*time.Second, fmt.Sprintf("port %d takes a session in the freed place", p.port), func() error {
+			return greeting(addr, p.greet)
+		})
+	}
+}
+
+// firstLine reads the first line a server sends.
+func firstLine(k net.Conn) (string, error) {
+	k.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return bufio.NewReader(k).ReadString('\n')
+}
+
 // greeting connects to addr and checks that the first line starts with want.
 func greeting(addr, want string) error {
 	k, err := net.DialTimeout("tcp", addr, 5*time.Second)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -52,4 +54,61 @@ func Accept(ctx context.Context, l net.Listener, closing func() bool, log *slog.
 			return ErrClosing
 		}
 	}
+}
+
+// Limits caps the connections of one server: in all, and from one IP
+// address, so that one client cannot take every descriptor of the node.
+// A zero cap is no cap. Safe for concurrent use.
+type Limits struct {
+	Max, PerIP int
+
+	mu    sync.Mutex
+	total int
+	perIP map[netip.Addr]int
+}
+
+// Admit counts a connection from addr in and returns its release, or says
+// why it is refused ("too many connections", "too many connections from
+// this address").
+func (l *Limits) Admit(addr net.Addr) (release func(), refused string) {
+	ip := IP(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.Max > 0 && l.total >= l.Max:
+		return nil, "too many connections"
+	case l.PerIP > 0 && ip.IsValid() && l.perIP[ip] >= l.PerIP:
+		return nil, "too many connections from this address"
+	}
+	l.total++
+	if ip.IsValid() {
+		if l.perIP == nil {
+			l.perIP = map[netip.Addr]int{}
+		}
+		l.perIP[ip]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.total--
+			if ip.IsValid() {
+				if l.perIP[ip]--; l.perIP[ip] <= 0 {
+					delete(l.perIP, ip)
+				}
+			}
+		})
+	}, ""
+}
+
+// IP is the IP address of a TCP peer (IPv4-mapped ones unmapped), or
+// the zero Addr for others (a pipe, a Unix socket).
+func IP(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(t.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	return netip.Addr{}
 }

@@ -101,3 +101,47 @@ func TestAcceptStops(t *testing.T) {
 		t.Errorf("closing: %v, want ErrClosing", err)
 	}
 }
+
+func TestLimits(t *testing.T) {
+	a := &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 1000}
+	a6 := &net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1"), Port: 1001} // the same address, IPv4-mapped
+	b := &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1000}
+	pipe := &net.UnixAddr{Name: "@", Net: "unix"}
+	l := &Limits{Max: 4, PerIP: 2}
+	ra1, why := l.Admit(a)
+	ra2, why2 := l.Admit(a6)
+	if why != "" || why2 != "" {
+		t.Fatalf("first two from one address refused: %q %q", why, why2)
+	}
+	if _, why := l.Admit(a); why != "too many connections from this address" {
+		t.Fatalf("third from one address: %q", why)
+	}
+	rb, why := l.Admit(b)
+	if why != "" {
+		t.Fatalf("another address refused: %q", why)
+	}
+	rp, why := l.Admit(pipe) // no IP: counts only in all
+	if why != "" {
+		t.Fatalf("a connection without IP refused: %q", why)
+	}
+	if _, why := l.Admit(b); why != "too many connections" {
+		t.Fatalf("fifth in all: %q", why)
+	}
+	ra1()
+	ra1() // a second release changes nothing
+	if _, why := l.Admit(a); why != "" {
+		t.Fatalf("after a release: %q", why)
+	}
+	if _, why := l.Admit(b); why != "too many connections" {
+		t.Fatalf("double release freed two places: %q", why)
+	}
+	ra2()
+	rb()
+	rp()
+	if l.total != 1 || len(l.perIP) != 1 {
+		t.Fatalf("counts after releases: total %d, per IP %v", l.total, l.perIP)
+	}
+	if u := (&Limits{}); func() string { _, w := u.Admit(a); return w }() != "" {
+		t.Fatal("zero Limits refused a connection")
+	}
+}

@@ -58,6 +58,11 @@ type config struct {
 
 	DNSResolver string `toml:"dns_resolver"`
 	GCPercent   int    `toml:"gc_percent"`
+	// MaxConnections and MaxConnectionsPerIP cap each mail protocol's
+	// sessions on this node (SMTP, IMAP, POP3 each counting all its ports):
+	// in all, and from one IP address.
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 	// AllowCRAMMD5 offers CRAM-MD5 on SMTP, IMAP and POP3; only accounts
 	// whose password was set with `--cram-md5` can use it.
 	AllowCRAMMD5 bool `toml:"allow_cram_md5"`
@@ -115,6 +120,7 @@ func defaultConfig() config {
 		IMAPPort: 143, IMAPSPort: 993, HTTPPort: 8080, HTTPSPort: 443, ClusterPort: 7000, GossipPort: 7946,
 		DeadServerGrace: duration{5 * time.Minute}, ShutdownGrace: duration{10 * time.Second},
 		LogLevel: "info", LogFormat: "text", GCPercent: 400,
+		MaxConnections: 2000, MaxConnectionsPerIP: 200,
 	}
 }
 
@@ -207,6 +213,8 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.AllowAPOP, "allow-apop", cfg.AllowAPOP, "offer POP3 APOP (to accounts whose password was set with --apop)")
 	fs.BoolVar(&cfg.AllowInsecureAuth, "allow-insecure-auth", cfg.AllowInsecureAuth, "accept passwords on cleartext connections from any address, not only over TLS or from loopback")
 	fs.BoolVar(&cfg.AllowCRAMMD5, "allow-cram-md5", cfg.AllowCRAMMD5, "offer CRAM-MD5 (to accounts whose password was set with --cram-md5)")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "sessions at once per mail protocol (SMTP, IMAP, POP3) on this node")
+	fs.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", cfg.MaxConnectionsPerIP, "sessions at once per mail protocol from one IP address")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target (GOGC), when GOGC is not set: the heap is small, and collecting less often is a third more commits per CPU")
 	fs.BoolVar(&cfg.UnsafeNoSync, "unsafe-no-fsync", cfg.UnsafeNoSync, "skip fsync: loses acknowledged mail on power loss; for throwaway tests only")
 	if err := fs.Parse(args); err != nil {
@@ -272,6 +280,9 @@ func (c *config) validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("serve: --tls-cert and --tls-key go together")
+	}
+	if c.MaxConnections < 1 || c.MaxConnectionsPerIP < 1 {
+		return fmt.Errorf("serve: --max-connections (%d) and --max-connections-per-ip (%d) must be at least 1", c.MaxConnections, c.MaxConnectionsPerIP)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ func startIMAP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
 		Logger:            env.log,
 		Version:           cluster.BuildVersion,
+		MaxConnections:    env.cfg.MaxConnections, MaxConnectionsPerIP: env.cfg.MaxConnectionsPerIP,
 	}
 	var lns []net.Listener
 	closeAll := func() {

@@ -42,7 +42,9 @@ func startPOP3(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Logger:    log,
 		SASL:      backend.SASL,
 
-		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
+		AllowInsecureAuth:   env.cfg.AllowInsecureAuth,
+		MaxConnections:      env.cfg.MaxConnections,
+		MaxConnectionsPerIP: env.cfg.MaxConnectionsPerIP,
 	}
 
 	type listener struct {

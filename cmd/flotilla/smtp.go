@@ -28,6 +28,7 @@ func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Backend: env.node, Hostname: env.hostname, TLSConfig: env.tls.Config(),
 		Logger: env.log.With("proto", "smtp"), AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
+		MaxConnections:    env.cfg.MaxConnections, MaxConnectionsPerIP: env.cfg.MaxConnectionsPerIP,
 	})
 	if err != nil {
 		return nil, err

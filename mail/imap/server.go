@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -37,6 +38,10 @@ const (
 	DefaultLoginTimeout   = time.Minute
 	DefaultWriteTimeout   = time.Minute
 	DefaultMaxBadCommands = 10
+	// Connections at once, in all and from one IP address; beyond them a
+	// client gets BYE [UNAVAILABLE].
+	DefaultMaxConnections      = 2000
+	DefaultMaxConnectionsPerIP = 200
 )
 
 // Server is an IMAP4rev1 server (RFC 3501) with the extensions listed in
@@ -66,6 +71,10 @@ type Server struct {
 	LoginTimeout   time.Duration
 	WriteTimeout   time.Duration
 	MaxBadCommands int // BAD responses in a row before the session is closed
+	// MaxConnections and MaxConnectionsPerIP cap the sessions of all of
+	// Serve's listeners together (0: the defaults).
+	MaxConnections      int
+	MaxConnectionsPerIP int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -77,6 +86,21 @@ type Server struct {
 	hub       *hub
 	headers   *headerCache
 	lastID    atomic.Uint64
+	limits    *listen.Limits
+}
+
+// refuse turns a client away over the connection limits: BYE [UNAVAILABLE]
+// (RFC 5530) in clear text; under implicit TLS the connection is only
+// closed, so that refused clients cost no handshake.
+func (s *Server) refuse(c net.Conn, why string) {
+	s.logger().Warn("imap: connection refused", "remote", c.RemoteAddr().String(), "reason", why)
+	go func() {
+		if _, isTLS := c.(*tls.Conn); !isTLS {
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+		}
+		c.Close()
+	}()
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -89,6 +113,8 @@ func (s *Server) init() {
 		s.sessions = map[*session]struct{}{}
 		s.hub = newHub()
 		s.headers = newHeaderCache(defaultHeaderCache)
+		s.limits = &listen.Limits{Max: orInt(s.MaxConnections, DefaultMaxConnections),
+			PerIP: orInt(s.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)}
 		s.Cluster.Store().Observe(s.hub.publish)
 	})
 }
@@ -143,9 +169,15 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		s.mu.Unlock()
 	}()
 	err := listen.Accept(ctx, l, s.closing.Load, s.logger().With("server", "imap"), func(c net.Conn) bool {
+		release, refused := s.limits.Admit(c.RemoteAddr())
+		if refused != "" {
+			s.refuse(c, refused)
+			return true
+		}
 		s.mu.Lock()
 		if s.closing.Load() {
 			s.mu.Unlock()
+			release()
 			return false
 		}
 		sess := newSession(s, c)
@@ -157,6 +189,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			stop := context.AfterFunc(ctx, func() { sess.raw.Close() })
 			defer stop()
 			sess.run()
+			release()
 			s.mu.Lock()
 			delete(s.sessions, sess)
 			s.mu.Unlock()

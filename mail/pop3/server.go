@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"github.com/flotilla-mail/flotilla/cluster/listen"
 	"log/slog"
 	"net"
@@ -21,6 +22,10 @@ const (
 	DefaultWriteTimeout      = time.Minute
 	DefaultMaxErrors         = 10
 	DefaultMaxAuthFailures   = 3
+	// Sessions at once, in all and from one IP address; beyond them a
+	// client gets "-ERR [SYS/TEMP]".
+	DefaultMaxConnections      = 2000
+	DefaultMaxConnectionsPerIP = 200
 )
 
 // Server is a POP3 server. Set its fields before the first Serve and do not
@@ -86,6 +91,12 @@ type Server struct {
 	MaxErrors       int
 	MaxAuthFailures int
 
+	// MaxConnections and MaxConnectionsPerIP cap the sessions of all of
+	// Serve's listeners together (0: DefaultMaxConnections,
+	// DefaultMaxConnectionsPerIP).
+	MaxConnections      int
+	MaxConnectionsPerIP int
+
 	// noLoopbackExemption makes loopback connections count as insecure;
 	// for tests of the cleartext policy.
 	noLoopbackExemption bool
@@ -98,6 +109,7 @@ type Server struct {
 	lastID    atomic.Uint64
 	hostOnce  sync.Once
 	host      string
+	limits    *listen.Limits // made by addListener
 }
 
 // Serve accepts connections on l and runs a session for each. It returns
@@ -170,6 +182,8 @@ func (s *Server) addListener(l net.Listener) bool {
 	}
 	if s.listeners == nil {
 		s.listeners = make(map[net.Listener]struct{})
+		s.limits = &listen.Limits{Max: orDefault(s.MaxConnections, DefaultMaxConnections),
+			PerIP: orDefault(s.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)}
 	}
 	s.listeners[l] = struct{}{}
 	return true
@@ -194,11 +208,17 @@ func (s *Server) sessionList() []*session {
 // startSession registers and starts a session for c, unless the server is
 // shutting down.
 func (s *Server) startSession(ctx context.Context, c net.Conn) bool {
+	release, refused := s.limits.Admit(c.RemoteAddr())
+	if refused != "" {
+		s.refuse(c, refused)
+		return true
+	}
 	sess := newSession(ctx, s, c)
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
 		sess.cancel()
+		release()
 		return false
 	}
 	if s.sessions == nil {
@@ -215,9 +235,24 @@ func (s *Server) startSession(ctx context.Context, c net.Conn) bool {
 			delete(s.sessions, sess)
 			s.mu.Unlock()
 		}()
+		defer release()
 		sess.serve()
 	}()
 	return true
+}
+
+// refuse turns a client away over the connection limits with
+// "-ERR [SYS/TEMP]" (RFC 3206) in clear text; under implicit TLS the
+// connection is only closed, so that refused clients cost no handshake.
+func (s *Server) refuse(c net.Conn, why string) {
+	s.logger().Warn("pop3: connection refused", "remote", c.RemoteAddr().String(), "reason", why)
+	go func() {
+		if _, isTLS := c.(*tls.Conn); !isTLS {
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "-ERR [SYS/TEMP] Too many connections, try again later\r\n")
+		}
+		c.Close()
+	}()
 }
 
 // serveConn runs one session on c in the calling goroutine, outside the

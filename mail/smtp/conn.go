@@ -51,6 +51,7 @@ type conn struct {
 	id       uint64
 	kind     Kind
 	ip       netip.Addr // invalid for non-IP connections
+	release  func()     // gives its place back to the connection limits
 	started  time.Time
 	deadline time.Time // the session ends here, whatever it is doing
 
@@ -258,14 +259,4 @@ func (c *conn) setTop(top net.Conn) {
 
 func formatReply(host string, r *Reply) string {
 	return fmt.Sprintf("%d %d.%d.%d %s %s\r\n", r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], host, r.Text)
-}
-
-// ipOf returns the IP of a TCP address.
-func ipOf(a net.Addr) netip.Addr {
-	if t, ok := a.(*net.TCPAddr); ok {
-		if ip, ok := netip.AddrFromSlice(t.IP); ok {
-			return ip.Unmap()
-		}
-	}
-	return netip.Addr{}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/flotilla-mail/flotilla/cluster/command"
+	"github.com/flotilla-mail/flotilla/cluster/listen"
 	"github.com/flotilla-mail/flotilla/mail/auth"
 	"github.com/flotilla-mail/flotilla/mail/smtp/relay"
 	"github.com/flotilla-mail/flotilla/storage"
@@ -187,7 +187,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[*conn]struct{}
-	perIP     map[netip.Addr]int
+	limits    *listen.Limits
 	connWG    sync.WaitGroup
 }
 
@@ -200,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		checker: relay.Checker{Resolver: cfg.Resolver},
-		conns:   map[*conn]struct{}{}, perIP: map[netip.Addr]int{},
+		conns:   map[*conn]struct{}{}, limits: &listen.Limits{Max: cfg.MaxConnections, PerIP: cfg.MaxConnectionsPerIP},
 	}, nil
 }
 
@@ -296,23 +296,17 @@ func (s *Server) connList() []*conn {
 // the server is closing or over its connection limits.
 func (s *Server) register(raw net.Conn, kind Kind) (*conn, bool) {
 	now := time.Now()
-	c := &conn{Conn: raw, srv: s, id: s.lastID.Add(1), kind: kind, ip: ipOf(raw.RemoteAddr()),
+	c := &conn{Conn: raw, srv: s, id: s.lastID.Add(1), kind: kind, ip: listen.IP(raw.RemoteAddr()),
 		started: now, deadline: now.Add(s.cfg.MaxSessionTime)}
 	s.mu.Lock()
 	why := ""
-	switch {
-	case s.closing.Load():
+	if s.closing.Load() {
 		why = "closing"
-	case len(s.conns) >= s.cfg.MaxConnections:
-		why = "too many connections"
-	case c.ip.IsValid() && s.perIP[c.ip] >= s.cfg.MaxConnectionsPerIP:
-		why = "too many connections from this address"
+	} else {
+		c.release, why = s.limits.Admit(raw.RemoteAddr())
 	}
 	if why == "" {
 		s.conns[c] = struct{}{}
-		if c.ip.IsValid() {
-			s.perIP[c.ip]++
-		}
 		s.connWG.Add(1)
 		if kind != SubmissionTLS {
 			c.top = c
@@ -338,11 +332,7 @@ func (s *Server) unregister(c *conn) {
 	s.mu.Lock()
 	if _, ok := s.conns[c]; ok {
 		delete(s.conns, c)
-		if c.ip.IsValid() {
-			if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
-				delete(s.perIP, c.ip)
-			}
-		}
+		c.release()
 		s.connWG.Done()
 	}
 	s.mu.Unlock()
