@@ -47,6 +47,7 @@ func TestMalformedConfigIsRefusedClearly(t *testing.T) {
 		"bad gossip":   {"gossip_key = \"short\"\n", "gossip-key"},
 		"bad duration": {"dead_server_grace = \"soon\"\n", "dead_server_grace"},
 		"no sessions":  {"max_connections_per_ip = 0\n", "--max-connections-per-ip (0) must be at least 1"},
+		"bad size":     {"min_free_space = \"lots\"\n", "min_free_space"},
 	}
 	for name, tc := range cases {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")

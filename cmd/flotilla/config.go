@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,6 +65,10 @@ type config struct {
 	// in all, and from one IP address.
 	MaxConnections      int `toml:"max_connections"`
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// MinFreeSpace is the free space under the data dir below which SMTP
+	// turns mail away (452 4.3.1); 0 is one and a half times the largest
+	// message.
+	MinFreeSpace size `toml:"min_free_space"`
 	// AllowCRAMMD5 offers CRAM-MD5 on SMTP, IMAP and POP3; only accounts
 	// whose password was set with `--cram-md5` can use it.
 	AllowCRAMMD5 bool `toml:"allow_cram_md5"`
@@ -91,6 +97,31 @@ func (d *duration) UnmarshalText(b []byte) error {
 func (d *duration) String() string { return d.Duration.String() }
 func (d *duration) Set(s string) error {
 	return d.UnmarshalText([]byte(s))
+}
+
+// size is a number of bytes, written "52428800", "48MiB" or "2G" (units of
+// 1024), in TOML and flags alike.
+type size struct{ n int64 }
+
+func (z *size) UnmarshalText(b []byte) error {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(string(b))), "B"), "I")
+	shift := 0
+	if t != "" {
+		if i := strings.IndexByte("KMGT", t[len(t)-1]); i >= 0 {
+			shift, t = 10*(i+1), t[:len(t)-1]
+		}
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64>>shift {
+		return fmt.Errorf("%q is not a size (like 52428800, 48MiB or 2G)", b)
+	}
+	z.n = v << shift
+	return nil
+}
+
+func (z *size) String() string { return strconv.FormatInt(z.n, 10) }
+func (z *size) Set(s string) error {
+	return z.UnmarshalText([]byte(s))
 }
 
 // stringList is a comma-separated flag.
@@ -215,6 +246,7 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.AllowCRAMMD5, "allow-cram-md5", cfg.AllowCRAMMD5, "offer CRAM-MD5 (to accounts whose password was set with --cram-md5)")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "sessions at once per mail protocol (SMTP, IMAP, POP3) on this node")
 	fs.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", cfg.MaxConnectionsPerIP, "sessions at once per mail protocol from one IP address")
+	fs.Var(&cfg.MinFreeSpace, "min-free-space", "free space under the data dir below which SMTP answers 452 4.3.1, like 64MiB (default 1.5 times the largest message)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target (GOGC), when GOGC is not set: the heap is small, and collecting less often is a third more commits per CPU")
 	fs.BoolVar(&cfg.UnsafeNoSync, "unsafe-no-fsync", cfg.UnsafeNoSync, "skip fsync: loses acknowledged mail on power loss; for throwaway tests only")
 	if err := fs.Parse(args); err != nil {

@@ -69,6 +69,7 @@ var (
 	replyAuthInTx      = reply(503, 5, 5, 1, "AUTH not permitted during a mail transaction")
 	replyAuthTwice     = reply(503, 5, 5, 1, "Already authenticated")
 	replyQuotaFull     = reply(452, 4, 2, 2, "Mailbox full, try again later")
+	replyDiskFull      = reply(452, 4, 3, 1, "Insufficient system storage, try again later")
 	replyQuotaTooBig   = reply(552, 5, 2, 2, "Message exceeds the mailbox quota")
 	replyTooManyRcpts  = reply(452, 4, 5, 3, "Too many recipients")
 	replyTooBig        = reply(552, 5, 3, 4, "Message too big")

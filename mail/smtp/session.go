@@ -155,6 +155,9 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 			return err
 		}
 	}
+	if s.srv.diskLow() {
+		return s.fail(&replyDiskFull)
+	}
 	t := txn{active: true, from: from, size: opts.Size, utf8: opts.UTF8, envID: opts.EnvelopeID, ret: string(opts.Return),
 		localIdx: map[uint64]bool{}, remoteIdx: map[string]bool{}}
 	s.mu.Lock()
