@@ -20,9 +20,6 @@ import (
 // a listener that gave up on the error would leave the node without that
 // protocol until it was restarted.
 func TestListenersSurviveDescriptorExhaustion(t *testing.T) {
-	if _, err := exec.LookPath("prlimit"); err != nil {
-		t.Fatal("prlimit (util-linux) is needed")
-	}
 	c := harness.New(t, harness.Options{Nodes: 1})
 	n := c.Nodes[0]
 	c.WaitLeader(30 * time.Second)
@@ -32,15 +29,7 @@ func TestListenersSurviveDescriptorExhaustion(t *testing.T) {
 			t.Fatalf("before: %v", err)
 		}
 	}
-	pid := n.Pid()
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	limit := len(fds) + 20
-	if out, err := exec.Command("prlimit", "--pid", fmt.Sprint(pid), fmt.Sprintf("--nofile=%d:%d", limit, limit)).CombinedOutput(); err != nil {
-		t.Fatalf("prlimit: %v %s", err, out)
-	}
+	limit := limitDescriptors(t, n, 20)
 
 	// Hold IMAP sessions until the node has no descriptor left, then knock
 	// on every listener, so that each one's accept fails.
@@ -116,22 +105,11 @@ func TestListenersSurviveDescriptorExhaustion(t *testing.T) {
 // connections again once descriptors are free. Otherwise it is cut off:
 // restarted peers cannot reach it, and it falls behind for good.
 func TestClusterPortSurvivesDescriptorExhaustion(t *testing.T) {
-	if _, err := exec.LookPath("prlimit"); err != nil {
-		t.Fatal("prlimit (util-linux) is needed")
-	}
 	c := harness.New(t, harness.Options{})
 	leader := c.WaitLeader(30 * time.Second)
 	c.WaitVoters(leader, 30*time.Second, "n1", "n2", "n3")
 	victim := c.Followers(leader)[0]
-	pid := victim.Pid()
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	limit := len(fds) + 20
-	if out, err := exec.Command("prlimit", "--pid", fmt.Sprint(pid), fmt.Sprintf("--nofile=%d:%d", limit, limit)).CombinedOutput(); err != nil {
-		t.Fatalf("prlimit: %v %s", err, out)
-	}
+	limitDescriptors(t, victim, 20)
 	// Connections that never start TLS hold a descriptor each until the
 	// handshake deadline; past the limit, accept fails.
 	var conns []net.Conn
@@ -229,6 +207,22 @@ func TestConnectionLimits(t *testing.T) {
 func firstLine(k net.Conn) (string, error) {
 	k.SetReadDeadline(time.Now().Add(5 * time.Second))
 	return bufio.NewReader(k).ReadString('\n')
+}
+
+// limitDescriptors lowers a running node's descriptor limit (soft and hard)
+// to those it has open plus spare, and returns the limit.
+func limitDescriptors(t *testing.T, n *harness.Node, spare int) int {
+	t.Helper()
+	pid := n.Pid()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := len(fds) + spare
+	if out, err := exec.Command("prlimit", "--pid", fmt.Sprint(pid), fmt.Sprintf("--nofile=%d:%d", limit, limit)).CombinedOutput(); err != nil {
+		t.Fatalf("prlimit (util-linux): %v %s", err, out)
+	}
+	return limit
 }
 
 // greeting connects to addr and checks that the first line starts with want.

@@ -4,7 +4,9 @@ package listen
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -111,4 +113,21 @@ func IP(a net.Addr) netip.Addr {
 		}
 	}
 	return netip.Addr{}
+}
+
+// Refuse turns a client away without blocking: it writes reply (the
+// protocol's "try again later"; "" for none) within a second, then closes.
+// On an implicit-TLS connection it writes nothing, so that a refusal costs
+// no handshake.
+func Refuse(c net.Conn, reply string) {
+	if _, isTLS := c.(*tls.Conn); isTLS {
+		reply = ""
+	}
+	go func() {
+		if reply != "" {
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, reply)
+		}
+		c.Close()
+	}()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -94,13 +93,7 @@ type Server struct {
 // closed, so that refused clients cost no handshake.
 func (s *Server) refuse(c net.Conn, why string) {
 	s.logger().Warn("imap: connection refused", "remote", c.RemoteAddr().String(), "reason", why)
-	go func() {
-		if _, isTLS := c.(*tls.Conn); !isTLS {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
-		}
-		c.Close()
-	}()
+	listen.Refuse(c, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"github.com/flotilla-mail/flotilla/cluster/listen"
 	"log/slog"
 	"net"
@@ -246,13 +245,7 @@ func (s *Server) startSession(ctx context.Context, c net.Conn) bool {
 // connection is only closed, so that refused clients cost no handshake.
 func (s *Server) refuse(c net.Conn, why string) {
 	s.logger().Warn("pop3: connection refused", "remote", c.RemoteAddr().String(), "reason", why)
-	go func() {
-		if _, isTLS := c.(*tls.Conn); !isTLS {
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "-ERR [SYS/TEMP] Too many connections, try again later\r\n")
-		}
-		c.Close()
-	}()
+	listen.Refuse(c, "-ERR [SYS/TEMP] Too many connections, try again later\r\n")
 }
 
 // serveConn runs one session on c in the calling goroutine, outside the

@@ -230,7 +230,7 @@ type Server struct {
 	freeMu      sync.Mutex
 	freeChecked time.Time
 	freeLow     bool
-	connWG    sync.WaitGroup
+	connWG      sync.WaitGroup
 }
 
 // New makes a server; Serve starts listeners.
@@ -357,14 +357,12 @@ func (s *Server) register(raw net.Conn, kind Kind) (*conn, bool) {
 	s.mu.Unlock()
 	if why != "" {
 		s.log.Warn("smtp: connection refused", "remote", raw.RemoteAddr().String(), "reason", why)
-		go func() {
-			if kind != SubmissionTLS {
-				r := reply(421, 4, 7, 0, "Too many connections, try again later")
-				_ = raw.SetWriteDeadline(time.Now().Add(time.Second))
-				_, _ = raw.Write([]byte(formatReply(s.cfg.Hostname, &r)))
-			}
-			raw.Close()
-		}()
+		r := reply(421, 4, 7, 0, "Too many connections, try again later")
+		line := formatReply(s.cfg.Hostname, &r)
+		if kind == SubmissionTLS { // TLS comes after this layer: no handshake for a refusal
+			line = ""
+		}
+		listen.Refuse(raw, line)
 		return nil, false
 	}
 	return c, true
