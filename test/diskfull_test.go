@@ -186,6 +186,10 @@ func TestDiskNearlyFullRefusesMail(t *testing.T) {
 	if !n.Running() {
 		t.Fatal("the node stopped")
 	}
+	// IMAP APPEND (Python's imaplib) is turned away as well.
+	if got := imapAppend(t, n, "alice@example.org"); !strings.HasPrefix(got, "NO [UNAVAILABLE]") {
+		t.Errorf("APPEND with the disk low: %s, want NO [UNAVAILABLE]", got)
+	}
 	waitMessages(t, c, "alice@example.org", acked)
 	if out, err := exec.Command("mount", "-o", "remount,size=1g", n.DataDir).CombinedOutput(); err != nil {
 		t.Fatalf("remount: %v %s", err, out)
@@ -196,5 +200,28 @@ func TestDiskNearlyFullRefusesMail(t *testing.T) {
 		}
 		return nil
 	})
-	waitMessages(t, c, "alice@example.org", acked+1)
+	if got := imapAppend(t, n, "alice@example.org"); !strings.HasPrefix(got, "OK") {
+		t.Errorf("APPEND with room: %s", got)
+	}
+	waitMessages(t, c, "alice@example.org", acked+2)
+}
+
+// imapAppend appends a small message to user's INBOX with Python's imaplib
+// and returns the tagged reply's status and text.
+func imapAppend(t *testing.T, n *harness.Node, user string) string {
+	t.Helper()
+	const py = `
+import imaplib, sys
+host, port, user, pw = sys.argv[1:5]
+m = imaplib.IMAP4(host, int(port))
+m.login(user, pw)
+typ, data = m.append("INBOX", None, None, b"Subject: appended\r\n\r\nbody\r\n")
+print(typ, data[0].decode())
+m.logout()
+`
+	out, err := exec.Command("python3", "-c", py, n.IP, fmt.Sprint(harness.IMAPPort), user, "pw-"+user).CombinedOutput()
+	if err != nil {
+		t.Fatalf("imaplib: %v %s", err, out)
+	}
+	return strings.TrimSpace(string(out))
 }

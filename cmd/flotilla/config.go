@@ -65,9 +65,9 @@ type config struct {
 	// in all, and from one IP address.
 	MaxConnections      int `toml:"max_connections"`
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
-	// MinFreeSpace is the free space under the data dir below which SMTP
-	// turns mail away (452 4.3.1); 0 is one and a half times the largest
-	// message.
+	// MinFreeSpace is the free space under the data dir below which new
+	// mail is turned away (SMTP 452 4.3.1, IMAP APPEND NO [UNAVAILABLE],
+	// collection waits); 0 is one and a half times the largest message.
 	MinFreeSpace size `toml:"min_free_space"`
 	// AllowCRAMMD5 offers CRAM-MD5 on SMTP, IMAP and POP3; only accounts
 	// whose password was set with `--cram-md5` can use it.
@@ -246,7 +246,7 @@ func loadConfig(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.AllowCRAMMD5, "allow-cram-md5", cfg.AllowCRAMMD5, "offer CRAM-MD5 (to accounts whose password was set with --cram-md5)")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "sessions at once per mail protocol (SMTP, IMAP, POP3) on this node")
 	fs.IntVar(&cfg.MaxConnectionsPerIP, "max-connections-per-ip", cfg.MaxConnectionsPerIP, "sessions at once per mail protocol from one IP address")
-	fs.Var(&cfg.MinFreeSpace, "min-free-space", "free space under the data dir below which SMTP answers 452 4.3.1, like 64MiB (default 1.5 times the largest message)")
+	fs.Var(&cfg.MinFreeSpace, "min-free-space", "free space under the data dir below which new mail is turned away (SMTP 452 4.3.1, IMAP APPEND NO), like 64MiB (default 1.5 times the largest message)")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", cfg.GCPercent, "Go GC target (GOGC), when GOGC is not set: the heap is small, and collecting less often is a third more commits per CPU")
 	fs.BoolVar(&cfg.UnsafeNoSync, "unsafe-no-fsync", cfg.UnsafeNoSync, "skip fsync: loses acknowledged mail on power loss; for throwaway tests only")
 	if err := fs.Parse(args); err != nil {

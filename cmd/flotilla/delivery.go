@@ -40,7 +40,8 @@ func startDelivery(ctx context.Context, env *mailEnv) (func(context.Context), er
 	log := env.log.With("proto", "delivery")
 	w := delivery.New(delivery.Options{Node: env.node, Log: log, Hostname: env.hostname, Resolver: res, LocalIP: local})
 	w.Start()
-	col := delivery.NewCollector(delivery.CollectorOptions{Node: env.node, Log: log, Hostname: env.hostname, LocalIP: local})
+	col := delivery.NewCollector(delivery.CollectorOptions{Node: env.node, Log: log, Hostname: env.hostname, LocalIP: local,
+		DiskLow: env.disk.Low})
 	col.Start()
 	log.Info("delivery: working the queue", "dns", orDefault(env.cfg.DNSResolver, "system"))
 	return func(sctx context.Context) {

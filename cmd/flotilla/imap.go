@@ -32,6 +32,7 @@ func startIMAP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Logger:            env.log,
 		Version:           cluster.BuildVersion,
 		MaxConnections:    env.cfg.MaxConnections, MaxConnectionsPerIP: env.cfg.MaxConnectionsPerIP,
+		DiskLow: env.disk.Low,
 	}
 	var lns []net.Listener
 	closeAll := func() {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flotilla-mail/flotilla/cluster"
 	"github.com/flotilla-mail/flotilla/mail/certs"
+	"github.com/flotilla-mail/flotilla/mail/smtp"
 )
 
 // mailEnv is what every protocol's listeners need.
@@ -20,6 +21,7 @@ type mailEnv struct {
 	log      *slog.Logger
 	tls      *certs.Loader
 	hostname string
+	disk     *cluster.DiskGuard // shared by SMTP, IMAP and collection
 }
 
 // addr is the listening address of a port.
@@ -29,7 +31,12 @@ func (e *mailEnv) addr(port int) string { return net.JoinHostPort(e.cfg.Bind, st
 // self-signed one (logged as such) so that STARTTLS and implicit TLS work
 // out of the box.
 func newMailEnv(cfg *config, node *cluster.Node, log *slog.Logger) (*mailEnv, error) {
-	env := &mailEnv{cfg: cfg, node: node, log: log, hostname: cfg.Hostname}
+	minFree := cfg.MinFreeSpace.n
+	if minFree == 0 {
+		minFree = smtp.DefaultMaxMessageBytes / 2 * 3 // room for the largest message and then some, as Postfix keeps
+	}
+	env := &mailEnv{cfg: cfg, node: node, log: log, hostname: cfg.Hostname,
+		disk: cluster.NewDiskGuard(cfg.DataDir, minFree, log.With("component", "disk"))}
 	if env.hostname == "" {
 		env.hostname, _ = os.Hostname()
 	}

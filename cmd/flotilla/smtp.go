@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 
 	"github.com/flotilla-mail/flotilla/mail/smtp"
 )
@@ -30,8 +29,7 @@ func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		Logger: env.log.With("proto", "smtp"), AllowCRAMMD5: env.cfg.AllowCRAMMD5,
 		AllowInsecureAuth: env.cfg.AllowInsecureAuth,
 		MaxConnections:    env.cfg.MaxConnections, MaxConnectionsPerIP: env.cfg.MaxConnectionsPerIP,
-		DiskFree:     func() (int64, error) { return diskFree(env.cfg.DataDir) },
-		MinFreeBytes: env.cfg.MinFreeSpace.n,
+		DiskLow: env.disk.Low,
 	})
 	if err != nil {
 		return nil, err
@@ -72,14 +70,4 @@ func startSMTP(ctx context.Context, env *mailEnv) (func(context.Context), error)
 		}
 		wg.Wait()
 	}, nil
-}
-
-// diskFree is the space left to an unprivileged writer in the file system
-// holding dir.
-func diskFree(dir string) (int64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
 }

@@ -41,6 +41,9 @@ type CollectorOptions struct {
 	Tick time.Duration
 	// Timeout bounds each network operation (default 60s).
 	Timeout time.Duration
+	// DiskLow reports that the node's disk is nearly full (see
+	// cluster.DiskGuard): no account is polled then. nil checks nothing.
+	DiskLow func() bool
 }
 
 // collectLease is how long a poll's lease lasts; renewed while it runs.
@@ -111,6 +114,9 @@ func (c *Collector) tick(ctx context.Context) {
 	})
 	if len(cfg.Accounts) == 0 {
 		return
+	}
+	if c.opt.DiskLow != nil && c.opt.DiskLow() {
+		return // the guard has logged it; mail waits at the ISP
 	}
 	live := c.opt.Node.LiveNodes()
 	now := time.Now()

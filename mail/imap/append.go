@@ -45,6 +45,10 @@ func parseAppendHead(p *parser) appendArgs {
 	return a
 }
 
+// errDiskLow refuses an APPEND while the node's disk is nearly full: a
+// temporary failure (RFC 5530's UNAVAILABLE) the client can retry.
+var errDiskLow = no("UNAVAILABLE", "server storage nearly full, try again later")
+
 // appendLiteralCheck decides, while an APPEND is read, whether the literal
 // announced at the end of buf is the message, and refuses it early (before
 // the client sends it) if the session is not logged in, the mailbox does not
@@ -67,6 +71,9 @@ func (s *session) appendLiteralCheck(buf []byte, n int64) (isMessage bool, refus
 	}
 	if n > s.srv.appendLimit() {
 		return true, no("TOOBIG", "message is over the APPENDLIMIT")
+	}
+	if s.srv.diskLow() {
+		return true, errDiskLow
 	}
 	err := s.view(func(tx *storage.Tx) error {
 		if _, err := tx.Mailbox(s.user.ID, a.mailbox); err != nil {

@@ -3,6 +3,7 @@ package imap
 import (
 	"crypto/tls"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	goimap "github.com/emersion/go-imap/v2"
@@ -166,4 +167,32 @@ func TestIMAPStartTLSAndAuthenticate(t *testing.T) {
 	r := e.raw()
 	r.expect("AUTHENTICATE NOPE", "NO [CANNOT]")
 	r.expect("AUTHENTICATE PLAIN "+b64.EncodeToString([]byte("x")), "")
+}
+
+// TestAppendDiskLow: while the node's disk is nearly full, APPEND is refused
+// before the message is sent, with a code the client can retry on.
+func TestAppendDiskLow(t *testing.T) {
+	var low atomic.Bool
+	e := newEnv(t, func(s *Server) { s.DiskLow = low.Load })
+	c := e.client()
+	appendMsg := func() error {
+		msg := "Subject: disk\r\n\r\nbody\r\n"
+		ac := c.Append("INBOX", int64(len(msg)), nil)
+		ac.Write([]byte(msg))
+		ac.Close()
+		_, err := ac.Wait()
+		return err
+	}
+	low.Store(true)
+	if err := appendMsg(); err == nil || !strings.Contains(err.Error(), "UNAVAILABLE") {
+		t.Fatalf("append with the disk low: %v, want NO [UNAVAILABLE]", err)
+	}
+	// A LITERAL+ message is read and dropped, and the command answered
+	// BAD, as for any refused non-synchronizing literal.
+	r := e.rawLogin()
+	r.expect("APPEND INBOX {5+}\r\nhello", "BAD [UNAVAILABLE]")
+	low.Store(false)
+	if err := appendMsg(); err != nil {
+		t.Fatalf("append with room: %v", err)
+	}
 }

@@ -70,6 +70,10 @@ type Server struct {
 	LoginTimeout   time.Duration
 	WriteTimeout   time.Duration
 	MaxBadCommands int // BAD responses in a row before the session is closed
+	// DiskLow reports that the node's disk is nearly full (see
+	// cluster.DiskGuard); APPEND is then refused with NO [UNAVAILABLE].
+	// nil checks nothing.
+	DiskLow func() bool
 	// MaxConnections and MaxConnectionsPerIP cap the sessions of all of
 	// Serve's listeners together (0: the defaults).
 	MaxConnections      int
@@ -111,6 +115,8 @@ func (s *Server) init() {
 		s.Cluster.Store().Observe(s.hub.publish)
 	})
 }
+
+func (s *Server) diskLow() bool { return s.DiskLow != nil && s.DiskLow() }
 
 func (s *Server) logger() *slog.Logger {
 	if s.Logger == nil {

@@ -120,12 +120,10 @@ type Config struct {
 	MaxConnectionsPerIP int
 	// MaxHops refuses a message with more Received headers (a loop).
 	MaxHops int
-	// DiskFree reports the bytes free where this node keeps its data; nil
-	// checks nothing. Below MinFreeBytes (0: one and a half times
-	// MaxMessageBytes, as Postfix keeps), MAIL is answered 452 4.3.1, so
-	// that a filling disk turns mail away before the node has to stop on it.
-	DiskFree     func() (int64, error)
-	MinFreeBytes int64
+	// DiskLow reports that the node's disk is nearly full (see
+	// cluster.DiskGuard); MAIL is then answered 452 4.3.1. nil checks
+	// nothing.
+	DiskLow func() bool
 
 	// noLoopbackExemption treats loopback like any other network: no AUTH
 	// before TLS. For tests of that policy.
@@ -165,42 +163,10 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxConnections, DefaultMaxConnections)
 	def(&c.MaxConnectionsPerIP, DefaultMaxConnectionsPerIP)
 	def(&c.MaxHops, DefaultMaxHops)
-	if c.MinFreeBytes <= 0 {
-		c.MinFreeBytes = c.MaxMessageBytes / 2 * 3
-	}
 	defDur(&c.ReadTimeout, DefaultReadTimeout)
 	defDur(&c.WriteTimeout, DefaultWriteTimeout)
 	defDur(&c.MaxSessionTime, DefaultMaxSessionTime)
 	return nil
-}
-
-// diskLow reports whether the node's disk has less than MinFreeBytes free,
-// asking the file system at most once a second.
-func (s *Server) diskLow() bool {
-	if s.cfg.DiskFree == nil {
-		return false
-	}
-	s.freeMu.Lock()
-	defer s.freeMu.Unlock()
-	if time.Since(s.freeChecked) < time.Second {
-		return s.freeLow
-	}
-	free, err := s.cfg.DiskFree()
-	s.freeChecked = time.Now()
-	if err != nil {
-		s.log.Warn("smtp: cannot read the free disk space", "err", err)
-		s.freeLow = false // the store will say when it cannot write
-		return false
-	}
-	if low := free < s.cfg.MinFreeBytes; low != s.freeLow {
-		s.freeLow = low
-		if low {
-			s.log.Warn("smtp: disk nearly full: refusing mail with 452 4.3.1", "free", free, "min_free", s.cfg.MinFreeBytes)
-		} else {
-			s.log.Info("smtp: disk has room again: taking mail", "free", free)
-		}
-	}
-	return s.freeLow
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -226,11 +192,7 @@ type Server struct {
 	listeners []net.Listener
 	conns     map[*conn]struct{}
 	limits    *listen.Limits
-
-	freeMu      sync.Mutex
-	freeChecked time.Time
-	freeLow     bool
-	connWG      sync.WaitGroup
+	connWG    sync.WaitGroup
 }
 
 // New makes a server; Serve starts listeners.

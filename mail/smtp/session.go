@@ -155,7 +155,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) error {
 			return err
 		}
 	}
-	if s.srv.diskLow() {
+	if s.srv.cfg.DiskLow != nil && s.srv.cfg.DiskLow() {
 		return s.fail(&replyDiskFull)
 	}
 	t := txn{active: true, from: from, size: opts.Size, utf8: opts.UTF8, envID: opts.EnvelopeID, ret: string(opts.Return),
