@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/flotilla-mail/flotilla/storage"
@@ -148,5 +149,31 @@ func TestCollectPOP3NoDuplicates(t *testing.T) {
 	_ = e.node.Store().View(func(tx *storage.Tx) error { return tx.CollectedUIDs("isp", func(string) { n++ }) })
 	if n != 0 || len(e.inbox("bob@local.test")) != 2 {
 		t.Fatalf("remembered %d; bob %d", n, len(e.inbox("bob@local.test")))
+	}
+}
+
+// TestCollectWaitsWhileDiskLow: with the node's disk nearly full, no ISP
+// mailbox is polled (the mail waits there); with room, it is collected.
+func TestCollectWaitsWhileDiskLow(t *testing.T) {
+	e := newEnv(t, 25, testSettings)
+	pop := newFakePOP3(t, map[string]string{"u1": "To: alice@local.test\r\nSubject: one\r\n\r\nbody\r\n"})
+	e.set(KeyCollect, []Account{{Name: "isp", Protocol: "pop3", Host: pop.ln.Addr().String(), TLS: TLSNone,
+		Username: "u", Password: "pw", DeliverTo: "alice@local.test", Keep: true}})
+	var low atomic.Bool
+	low.Store(true)
+	col := NewCollector(CollectorOptions{Node: e.node, Hostname: "node.local.test", DiskLow: low.Load})
+	col.tick(context.Background())
+	col.wg.Wait()
+	pop.mu.Lock()
+	retr := pop.retr
+	pop.mu.Unlock()
+	if retr != 0 || len(e.inbox("alice@local.test")) != 0 {
+		t.Fatalf("polled with the disk low: %d RETR, %d stored", retr, len(e.inbox("alice@local.test")))
+	}
+	low.Store(false)
+	col.tick(context.Background())
+	col.wg.Wait()
+	if n := len(e.inbox("alice@local.test")); n != 1 {
+		t.Fatalf("%d messages collected with room, want 1", n)
 	}
 }
